@@ -1,0 +1,1 @@
+"""Act: carry out a verdict: deliver upstream with retries, bounce, notify."""

@@ -1,0 +1,309 @@
+"""The delivery queue: every stored message is attempted until it is finished.
+
+Fresh messages are handed straight to a delivery task; deferred ones are
+claimed from the store when their next attempt is due, which is also how
+work left by a crash is found again. Per recipient: 2xx is delivered, 4xx or
+a network failure is retried with exponential backoff and jitter, 5xx is
+bounced with a DSN to the sender. Past the lifetime the message is given up,
+also with a DSN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import socket
+import time
+from collections.abc import Sequence
+
+import structlog
+
+from smtpguard.act.dsn import FailedRecipient, build_dsn, failed_recipient
+from smtpguard.act.upstream import Transaction, Upstream
+from smtpguard.config import DeliveryConfig
+from smtpguard.envelope import Envelope
+from smtpguard.spool import (
+    MessageRecord,
+    MessageState,
+    Origin,
+    RecipientOutcome,
+    RecipientState,
+    Store,
+    new_message_id,
+)
+
+log = structlog.get_logger("smtpguard.act")
+
+LEASE_SECONDS = 600.0
+
+
+def retry_delay(config: DeliveryConfig, attempts: int) -> float:
+    """Exponential backoff with jitter, so a recovering upstream is not hit by a wave."""
+    base: float = min(config.retry_max, config.retry_initial * 2.0 ** max(attempts - 1, 0))
+    return base * random.uniform(0.75, 1.25)
+
+
+def reply_code(reply: str) -> str:
+    """The part of a reply that is safe to log.
+
+    An upstream's text can echo an address, so only its codes are kept
+    ("451 4.3.0"); smtpguard's own descriptions ("upstream timed out") carry
+    nothing from the message and are kept whole.
+    """
+    words = reply.split()
+    if not words or not words[0].isdigit():
+        return reply
+    if len(words) > 1 and words[1][:1] in "245" and words[1].count(".") == 2:
+        return f"{words[0]} {words[1]}"
+    return words[0]
+
+
+class DeliveryQueue:
+    def __init__(
+        self,
+        store: Store,
+        upstream: Upstream,
+        config: DeliveryConfig,
+        reporting_mta: str,
+        workers: int,
+    ) -> None:
+        self.store = store
+        self.upstream = upstream
+        self.config = config
+        self.reporting_mta = reporting_mta
+        self.workers = workers
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self._ready: asyncio.Queue[tuple[str, bool]] = asyncio.Queue()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._busy = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._stopping = False
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._worker()) for _ in range(self.workers)]
+        self._tasks.append(asyncio.create_task(self._poll()))
+
+    def submit(self, message_id: str) -> None:
+        """A message ready now; the task that takes it claims it in the store first."""
+        self._ready.put_nowait((message_id, False))
+
+    def wake(self) -> None:
+        """Look for due messages now (after `queue flush`, a release, a reload)."""
+        self._wake.set()
+
+    async def stop(self, timeout: float) -> None:
+        """Let attempts in flight finish within `timeout`; unfinished work stays in the store."""
+        self._stopping = True
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _poll(self) -> None:
+        while not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.poll_interval):
+                    await self._wake.wait()
+            self._wake.clear()
+            room = self.workers * 2 - self._ready.qsize()
+            if room <= 0 or self._stopping:
+                continue
+            try:
+                due = await self.store.claim_due(time.time(), self.owner, LEASE_SECONDS, room)
+            except Exception as exc:
+                log.error("queue.poll_failed", error=type(exc).__name__)
+                continue
+            for message_id in due:
+                self._ready.put_nowait((message_id, True))
+
+    async def _worker(self) -> None:
+        while True:
+            message_id, claimed = await self._ready.get()
+            if self._stopping:
+                continue
+            self._busy += 1
+            self._idle.clear()
+            try:
+                if claimed or await self.store.claim(message_id, self.owner, LEASE_SECONDS):
+                    await self.attempt(message_id)
+            except Exception as exc:
+                # The claim lease runs out and the message is attempted again.
+                log.error("delivery.failed", id=message_id, error=type(exc).__name__)
+            finally:
+                self._busy -= 1
+                if not self._busy:
+                    self._idle.set()
+
+    async def attempt(self, message_id: str) -> None:
+        record = await self.store.load(message_id)
+        if record is None:
+            return
+        pending = record.pending_recipients()
+        now = time.time()
+        if not pending:
+            await self._finish(record, [], now)
+            return
+        if now >= record.expires_at:
+            await self._expire(record, pending, now)
+            return
+        content = await self.store.content(message_id)
+        transaction = Transaction(
+            sender=record.envelope.sender,
+            recipients=pending,
+            content=content,
+            smtputf8=record.envelope.smtputf8,
+            body_8bit=record.envelope.body_8bit,
+        )
+        started = time.monotonic()
+        outcomes = await self.upstream.deliver(transaction)
+        elapsed = time.monotonic() - started
+        await self._finish(record, outcomes, now, content=content, elapsed=elapsed)
+
+    async def _finish(
+        self,
+        record: MessageRecord,
+        outcomes: Sequence[RecipientOutcome],
+        now: float,
+        *,
+        content: bytes = b"",
+        elapsed: float = 0.0,
+    ) -> None:
+        after = {r.address: r.state for r in record.recipients}
+        after.update((o.address, o.state) for o in outcomes)
+        states = set(after.values())
+        next_attempt: float | None = None
+        if RecipientState.DEFERRED in states:
+            state = MessageState.DEFERRED
+            next_attempt = min(
+                now + retry_delay(self.config, record.attempts + 1), record.expires_at
+            )
+        elif RecipientState.HELD in states:
+            state = MessageState.HELD
+        elif RecipientState.BOUNCED in states or RecipientState.EXPIRED in states:
+            state = MessageState.BOUNCED
+        elif RecipientState.DELIVERED in states:
+            state = MessageState.DELIVERED
+        else:
+            state = MessageState.REJECTED
+        await self.store.record_attempt(record.id, outcomes, state, next_attempt)
+        self._log_outcomes(record, outcomes, state, next_attempt, now, elapsed)
+        bounced = [o for o in outcomes if o.state is RecipientState.BOUNCED]
+        if bounced:
+            failures = [
+                failed_recipient(o.address, o.reply, self.upstream.name, expired=False)
+                for o in bounced
+            ]
+            await self.notify_sender(record, failures, content, expired=False)
+        if state.finished:
+            await self.store.discard_content(record.id)
+
+    async def _expire(self, record: MessageRecord, pending: Sequence[str], now: float) -> None:
+        last = {r.address: r.last_reply for r in record.recipients}
+        outcomes = [
+            RecipientOutcome(a, RecipientState.EXPIRED, last.get(a) or "no reply") for a in pending
+        ]
+        await self.store.record_attempt(record.id, outcomes, MessageState.EXPIRED, None)
+        log.warning(
+            "message.expired",
+            id=record.id,
+            recipients=len(pending),
+            domains=_domains(pending),
+            attempts=record.attempts,
+        )
+        failures = [failed_recipient(o.address, o.reply, None, expired=True) for o in outcomes]
+        content = await self.store.content(record.id)
+        await self.notify_sender(record, failures, content, expired=True)
+        await self.store.discard_content(record.id)
+
+    async def notify_sender(
+        self,
+        record: MessageRecord,
+        failures: Sequence[FailedRecipient],
+        original: bytes,
+        *,
+        expired: bool,
+    ) -> None:
+        """Queue a DSN to the sender; never to the null sender, never about our own notices."""
+        if not record.envelope.sender or record.origin is Origin.NOTICE:
+            return
+        notice = build_dsn(
+            reporting_mta=self.reporting_mta,
+            postmaster=self.config.postmaster,
+            original_sender=record.envelope.sender,
+            queue_id=record.id,
+            arrival=record.envelope.received_at,
+            failures=failures,
+            original=original,
+            expired=expired,
+        )
+        await self.queue_notice(record.envelope.sender, notice, smtputf8=record.envelope.smtputf8)
+
+    async def queue_notice(self, recipient: str, notice: bytes, *, smtputf8: bool) -> str:
+        """Store and queue a message smtpguard wrote itself, from the null sender."""
+        now = time.time()
+        notice_id = new_message_id()
+        envelope = Envelope(
+            sender="",
+            recipients=(recipient,),
+            client_address="127.0.0.1",
+            client_name=self.reporting_mta,
+            received_at=now,
+            smtputf8=smtputf8,
+        )
+        await self.store.accept(
+            notice_id,
+            envelope,
+            notice,
+            state=MessageState.QUEUED,
+            origin=Origin.NOTICE,
+            expires_at=now + self.config.lifetime,
+        )
+        log.info(
+            "notice.queued", id=notice_id, size=len(notice), domains=envelope.recipient_domains
+        )
+        self.submit(notice_id)
+        return notice_id
+
+    def _log_outcomes(
+        self,
+        record: MessageRecord,
+        outcomes: Sequence[RecipientOutcome],
+        state: MessageState,
+        next_attempt: float | None,
+        now: float,
+        elapsed: float,
+    ) -> None:
+        by_state: dict[RecipientState, list[RecipientOutcome]] = {}
+        for outcome in outcomes:
+            by_state.setdefault(outcome.state, []).append(outcome)
+        for rstate, event, level in (
+            (RecipientState.DELIVERED, "message.delivered", "info"),
+            (RecipientState.DEFERRED, "message.deferred", "warning"),
+            (RecipientState.BOUNCED, "message.bounced", "warning"),
+        ):
+            group = by_state.get(rstate)
+            if not group:
+                continue
+            fields: dict[str, object] = {
+                "id": record.id,
+                "recipients": len(group),
+                "domains": _domains([o.address for o in group]),
+                "reply": reply_code(group[0].reply),
+                "attempt": record.attempts + 1,
+                "size": record.size,
+                "seconds": round(elapsed, 3),
+                "origin": record.origin.value,
+            }
+            if rstate is RecipientState.DEFERRED and next_attempt is not None:
+                fields["retry_in"] = round(next_attempt - now, 1)
+            getattr(log, level)(event, **fields)
+
+
+def _domains(addresses: Sequence[str]) -> list[str]:
+    return sorted({a.rpartition("@")[2].lower() for a in addresses})

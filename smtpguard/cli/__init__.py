@@ -1,0 +1,168 @@
+"""`smtpguard` command line: serve, scan, check-config, queue."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from smtpguard.config import Config, ConfigError, Overrides, default_config_path, load_config
+
+EXIT_OK = 0
+EXIT_HELD = 1
+EXIT_ERROR = 2
+
+
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="config file (default: $SMTPGUARD_CONFIG, /etc/smtpguard/smtpguard.yaml, "
+        "config/smtpguard.yaml)",
+    )
+
+
+def _add_data_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir", type=Path, default=None, help="store folder (overrides config)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="smtpguard", description="Outbound data-loss-prevention SMTP relay."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the relay")
+    _add_config(serve)
+    serve.add_argument("--listen", metavar="HOST:PORT", help="listen address (overrides config)")
+    serve.add_argument("--upstream", metavar="HOST:PORT", help="next hop (overrides config)")
+    _add_data_dir(serve)
+    serve.add_argument("--mode", choices=["after-queue", "before-queue"])
+
+    check = commands.add_parser("check-config", help="validate the configuration")
+    _add_config(check)
+
+    scan = commands.add_parser("scan", help="dry run: show the verdict for a message file")
+    _add_config(scan)
+    scan.add_argument("file", type=Path, metavar="FILE.eml")
+    scan.add_argument("--from", dest="sender", default="", help="envelope sender")
+    scan.add_argument("--to", dest="recipients", action="append", default=[], help="recipient")
+    scan.add_argument("--json", action="store_true", help="print one JSON object")
+
+    queue = commands.add_parser("queue", help="the delivery queue")
+    queue_commands = queue.add_subparsers(dest="queue_command", required=True, metavar="ACTION")
+    queue_list = queue_commands.add_parser("list", help="messages waiting for delivery")
+    queue_flush = queue_commands.add_parser("flush", help="retry deferred messages now")
+    for sub in (queue_list, queue_flush):
+        _add_config(sub)
+        _add_data_dir(sub)
+    queue_list.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def _load(args: argparse.Namespace, overrides: Overrides | None = None) -> Config:
+    return load_config(args.config or default_config_path(), overrides)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from smtpguard.relay import run_relay
+
+    overrides = Overrides(
+        listen=args.listen, upstream=args.upstream, data_dir=args.data_dir, mode=args.mode
+    )
+    return run_relay(args.config or default_config_path(), overrides)
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    path = args.config or default_config_path()
+    _load(args)
+    print(f"{path}: OK")
+    return EXIT_OK
+
+
+def _scan(args: argparse.Namespace) -> int:
+    from smtpguard.decide import Action
+    from smtpguard.envelope import Envelope
+    from smtpguard.inspect import inspect_message
+
+    config = _load(args)
+    raw = args.file.read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    envelope = Envelope(
+        sender=args.sender,
+        recipients=tuple(args.recipients),
+        client_address="127.0.0.1",
+        client_name="scan",
+        received_at=time.time(),
+    )
+    verdict = inspect_message(raw, envelope)
+    result = {
+        "verdict": verdict.action.value,
+        "recipients": {
+            address: {
+                "action": v.action.value,
+                "approvals": v.approvals,
+                "rules": list(v.rules),
+                "reason": v.reason,
+            }
+            for address, v in verdict.recipients.items()
+        },
+        "findings": [
+            {
+                "detector": f.detector,
+                "location": f.location,
+                "confidence": f.confidence.value,
+                "count": f.count,
+                "excerpt": f.excerpt,
+            }
+            for f in verdict.findings
+        ],
+        "errors": [],
+    }
+    del config
+    if args.json:
+        print(json.dumps(result, indent=None))
+    else:
+        print(f"verdict: {result['verdict']}")
+        for address, v in verdict.recipients.items():
+            rules = ", ".join(v.rules) or "no rule fired"
+            print(f"  {address}: {v.action.value} ({rules})")
+    held = verdict.action in (Action.QUARANTINE, Action.REJECT, Action.DELAY)
+    return EXIT_HELD if held else EXIT_OK
+
+
+def _queue(args: argparse.Namespace) -> int:
+    from smtpguard.cli.queue import flush_queue, list_queue
+
+    config = _load(args, Overrides(data_dir=args.data_dir))
+    if args.queue_command == "list":
+        return asyncio.run(list_queue(config, as_json=args.json))
+    return asyncio.run(flush_queue(config))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {
+        "serve": _serve,
+        "check-config": _check_config,
+        "scan": _scan,
+        "queue": _queue,
+    }
+    try:
+        return handlers[args.command](args)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:
+        print(f"smtpguard: {exc.strerror}: {exc.filename}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

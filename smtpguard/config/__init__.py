@@ -1,0 +1,229 @@
+"""Loading and validating smtpguard.yaml.
+
+An administrator who gets the config wrong must be told where: every problem
+is reported as `file:line: reason`, and the relay refuses to start (or, on
+SIGHUP, keeps the config it has).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from smtpguard.config.model import (
+    Config,
+    DeliveryConfig,
+    HostPort,
+    ListenerTLS,
+    LoggingConfig,
+    ServerConfig,
+    StoreConfig,
+    UpstreamConfig,
+)
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DeliveryConfig",
+    "HostPort",
+    "ListenerTLS",
+    "LoggingConfig",
+    "Overrides",
+    "ServerConfig",
+    "StoreConfig",
+    "UpstreamConfig",
+    "default_config_path",
+    "load_config",
+]
+
+SYSTEM_CONFIG = Path("/etc/smtpguard/smtpguard.yaml")
+PROJECT_CONFIG = Path("config/smtpguard.yaml")
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: Path
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.reason}"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; carries every problem found."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """Command-line flags that take precedence over the file."""
+
+    listen: str | None = None
+    upstream: str | None = None
+    data_dir: Path | None = None
+    mode: str | None = None
+
+
+def default_config_path() -> Path:
+    """`SMTPGUARD_CONFIG`, then the system path, then the project's example."""
+    env = os.environ.get("SMTPGUARD_CONFIG")
+    if env:
+        return Path(env)
+    if SYSTEM_CONFIG.exists():
+        return SYSTEM_CONFIG
+    return PROJECT_CONFIG
+
+
+class _LineLoader(yaml.SafeLoader):
+    """Safe YAML loading; the node tree is kept to map errors back to lines."""
+
+
+def _compose(path: Path) -> yaml.Node | None:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([Problem(path, 0, f"cannot read config: {exc.strerror}")]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([Problem(path, 0, "config is not UTF-8 text")]) from None
+    try:
+        return yaml.compose(text, Loader=_LineLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 0
+        raise ConfigError([Problem(path, line, f"YAML syntax: {exc.problem}")]) from None
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int:
+    """Line of the deepest node along a pydantic error location."""
+    line = node.start_mark.line + 1 if node is not None else 0
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                if key_node.value == key:
+                    node = value_node
+                    line = key_node.start_mark.line + 1
+                    break
+            else:
+                return line
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int):
+            if key >= len(node.value):
+                return line
+            node = node.value[key]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
+
+
+def _describe(error: Any) -> str:
+    where = ".".join(str(p) for p in error["loc"] if not str(p).startswith("function-"))
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown key (not a smtpguard setting; check the spelling)"
+    if error["type"] == "missing":
+        message = "required setting is missing"
+    return f"{where}: {message}" if where else message
+
+
+def _resolve(base: Path, path: Path) -> Path:
+    return path if path.is_absolute() else (base / path)
+
+
+def _check_files(config: Config, node: yaml.Node | None, source: Path) -> list[Problem]:
+    """Files the config names must exist and be readable now, not at first use."""
+    wanted: list[tuple[tuple[str, ...], Path | None]] = [
+        (("upstream", "ca_file"), config.upstream.ca_file),
+        (("upstream", "password_file"), config.upstream.password_file),
+    ]
+    if config.server.tls is not None:
+        wanted += [
+            (("server", "tls", "certificate"), config.server.tls.certificate),
+            (("server", "tls", "key"), config.server.tls.key),
+        ]
+    problems = []
+    for loc, path in wanted:
+        if path is not None and not os.access(path, os.R_OK):
+            reason = "no such file" if not path.exists() else "file is not readable"
+            problems.append(
+                Problem(source, _line_of(node, loc), f"{'.'.join(loc)}: {reason}: {path}")
+            )
+    return problems
+
+
+def _with_resolved_paths(config: Config, base: Path) -> Config:
+    upstream = config.upstream.model_copy(
+        update={
+            "ca_file": config.upstream.ca_file and _resolve(base, config.upstream.ca_file),
+            "password_file": config.upstream.password_file
+            and _resolve(base, config.upstream.password_file),
+        }
+    )
+    tls = config.server.tls
+    if tls is not None:
+        tls = tls.model_copy(
+            update={
+                "certificate": _resolve(base, tls.certificate),
+                "key": _resolve(base, tls.key),
+            }
+        )
+    server = config.server.model_copy(update={"tls": tls})
+    store = config.store.model_copy(update={"data_dir": _resolve(base, config.store.data_dir)})
+    return config.model_copy(update={"server": server, "upstream": upstream, "store": store})
+
+
+def _apply(config: Config, overrides: Overrides, source: Path) -> Config:
+    server_update: dict[str, Any] = {}
+    upstream_update: dict[str, Any] = {}
+    store_update: dict[str, Any] = {}
+    try:
+        if overrides.listen:
+            server_update["listen"] = HostPort.parse(overrides.listen)
+        if overrides.upstream:
+            target = HostPort.parse(overrides.upstream)
+            upstream_update = {"host": target.host, "port": target.port}
+    except ValueError as exc:
+        raise ConfigError([Problem(source, 0, f"command line: {exc}")]) from None
+    if overrides.mode:
+        if overrides.mode not in ("after-queue", "before-queue"):
+            raise ConfigError(
+                [Problem(source, 0, f"command line: unknown mode {overrides.mode!r}")]
+            )
+        server_update["mode"] = overrides.mode
+    if overrides.data_dir:
+        store_update["data_dir"] = overrides.data_dir.absolute()
+    return config.model_copy(
+        update={
+            "server": config.server.model_copy(update=server_update),
+            "upstream": config.upstream.model_copy(update=upstream_update),
+            "store": config.store.model_copy(update=store_update),
+        }
+    )
+
+
+def load_config(path: Path, overrides: Overrides | None = None) -> Config:
+    """Read, validate and resolve a config file; raise ConfigError with every problem."""
+    node = _compose(path)
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) if node else None
+    if not isinstance(data, dict):
+        raise ConfigError([Problem(path, 1, "config must be a mapping of sections (server:, ...)")])
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        problems = [
+            Problem(path, _line_of(node, tuple(err["loc"])), _describe(err)) for err in exc.errors()
+        ]
+        raise ConfigError(problems) from None
+    config = _with_resolved_paths(config, path.parent.absolute())
+    problems = _check_files(config, node, path)
+    if problems:
+        raise ConfigError(problems)
+    return _apply(config, overrides or Overrides(), path)

@@ -1,0 +1,153 @@
+"""The shape of smtpguard.yaml.
+
+Every section forbids unknown keys so that a misspelt option is an error at
+start, not a silently ignored setting. Values an administrator writes by hand
+(sizes, durations, CIDRs, host:port) accept the human spellings.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _parse_size(value: object) -> object:
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+)\s*([KMG]?B?)\s*", value.upper())
+        if not match:
+            raise ValueError(f"not a size: {value!r} (write e.g. 50MB, 512KB or a byte count)")
+        return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+    return value
+
+
+def _parse_duration(value: object) -> object:
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*", value)
+        if not match:
+            raise ValueError(f"not a duration: {value!r} (write e.g. 30s, 5m, 2h or 5d)")
+        return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    return value
+
+
+def _parse_network(value: object) -> object:
+    if isinstance(value, str):
+        try:
+            return ipaddress.ip_network(value.strip(), strict=True)
+        except ValueError as exc:
+            raise ValueError(f"not a CIDR network: {value!r} ({exc})") from None
+    return value
+
+
+Size = Annotated[int, BeforeValidator(_parse_size), Field(gt=0)]
+Seconds = Annotated[float, BeforeValidator(_parse_duration), Field(gt=0)]
+Network = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, BeforeValidator(_parse_network)]
+
+
+class HostPort(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    host: str
+    port: int = Field(ge=0, le=65535)
+
+    @classmethod
+    def parse(cls, text: str) -> HostPort:
+        """Read `host:port`, `[v6]:port`."""
+        match = re.fullmatch(r"\[([^\]]+)\]:(\d+)|([^:\[\]]+):(\d+)", text.strip())
+        if not match:
+            raise ValueError(f"not HOST:PORT: {text!r}")
+        host = match.group(1) or match.group(3)
+        port = int(match.group(2) or match.group(4))
+        return cls(host=host, port=port)
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def _parse_hostport(value: object) -> object:
+    if isinstance(value, str):
+        return HostPort.parse(value)
+    return value
+
+
+Endpoint = Annotated[HostPort, BeforeValidator(_parse_hostport)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ListenerTLS(_Section):
+    """STARTTLS on the listener: offered when a certificate is set."""
+
+    certificate: Path
+    key: Path
+    require: bool = False
+
+
+class ServerConfig(_Section):
+    hostname: str = "smtpguard.localdomain"
+    listen: Endpoint = HostPort(host="127.0.0.1", port=10025)
+    mode: Literal["after-queue", "before-queue"] = "after-queue"
+    allowed_clients: tuple[Network, ...] = Field(min_length=1)
+    max_message_size: Size = 50 * 1024**2
+    max_recipients: int = Field(default=100, ge=1)
+    max_sessions: int = Field(default=100, ge=1)
+    command_timeout: Seconds = 300.0
+    data_timeout: Seconds = 600.0
+    drain_timeout: Seconds = 30.0
+    tls: ListenerTLS | None = None
+
+
+class UpstreamConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=10026, ge=1, le=65535)
+    security: Literal["none", "starttls", "tls"] = "none"
+    verify_certificate: bool = True
+    ca_file: Path | None = None
+    username: str | None = None
+    password_file: Path | None = None
+    timeout: Seconds = 60.0
+    max_connections: int = Field(default=10, ge=1, le=1000)
+    idle_timeout: Seconds = 30.0
+    helo_name: str | None = None
+
+    @model_validator(mode="after")
+    def _auth_needs_both(self) -> UpstreamConfig:
+        if (self.username is None) != (self.password_file is None):
+            raise ValueError("AUTH needs both username and password_file, or neither")
+        return self
+
+
+class DeliveryConfig(_Section):
+    retry_initial: Seconds = 60.0
+    retry_max: Seconds = 3600.0
+    lifetime: Seconds = 5 * 86400.0
+    postmaster: str = "postmaster@localhost"
+    poll_interval: Seconds = 5.0
+
+
+class StoreConfig(_Section):
+    backend: Literal["sqlite"] = "sqlite"
+    data_dir: Path = Path("/var/lib/smtpguard")
+    min_free_disk: Size = 512 * 1024**2
+    max_queue: int = Field(default=50_000, ge=1)
+
+
+class LoggingConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class Config(_Section):
+    server: ServerConfig
+    upstream: UpstreamConfig = UpstreamConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
+    store: StoreConfig = StoreConfig()
+    logging: LoggingConfig = LoggingConfig()

@@ -1,0 +1,23 @@
+"""Envelope address syntax, checked with email-validator (no DNS: a relay must not wait on it)."""
+
+from __future__ import annotations
+
+from email_validator import EmailNotValidError, validate_email
+
+
+def address_problem(address: str, smtputf8: bool) -> str | None:
+    """Why `address` cannot be used in the envelope, in words for the client; None if fine."""
+    if not address.isascii() and not smtputf8:
+        return "non-ASCII address needs the SMTPUTF8 parameter"
+    try:
+        validate_email(
+            address,
+            check_deliverability=False,
+            allow_smtputf8=smtputf8,
+            allow_quoted_local=True,
+            allow_domain_literal=False,
+            globally_deliverable=True,
+        )
+    except EmailNotValidError as exc:
+        return str(exc).rstrip(".")
+    return None

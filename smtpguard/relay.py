@@ -1,0 +1,351 @@
+"""The relay: listen -> spool -> parse/detect/decide -> act, wired on one event loop.
+
+`Relay` is what the listener hands each message to. In after-queue mode it
+stores first, answers 250, then scans; in before-queue mode it scans first so
+that a `reject` verdict becomes a 550 and nothing is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.utils import formatdate
+from pathlib import Path
+
+import structlog
+
+from smtpguard.act.queue import DeliveryQueue
+from smtpguard.act.upstream import Upstream
+from smtpguard.config import Config, ConfigError, Overrides, load_config
+from smtpguard.decide import Action, Verdict
+from smtpguard.envelope import Envelope
+from smtpguard.inspect import inspect_message
+from smtpguard.listen import Listener, Receipt, listener_settings, replies
+from smtpguard.log import configure_logging
+from smtpguard.spool import MessageState, Origin, RecipientState, Store, new_message_id, open_store
+
+log = structlog.get_logger("smtpguard.relay")
+
+_HELO_UNSAFE = re.compile(r"[^A-Za-z0-9.\-_:\[\]]")
+_PRESSURE_REFRESH = 1.0
+
+
+def received_header(envelope: Envelope, hostname: str, message_id: str) -> bytes:
+    """The one header smtpguard adds on the way through (RFC 5321 4.4)."""
+    helo = _HELO_UNSAFE.sub("", envelope.client_name)[:255] or "unknown"
+    protocol = ("UTF8SMTP" if envelope.smtputf8 else "ESMTP") + ("S" if envelope.tls else "")
+    return (
+        f"Received: from {helo} ([{envelope.client_address}])\r\n"
+        f"\tby {hostname} (smtpguard) with {protocol} id {message_id};\r\n"
+        f"\t{formatdate(envelope.received_at, localtime=False)}\r\n"
+    ).encode("ascii")
+
+
+def _recipient_state(action: Action) -> RecipientState:
+    if action in (Action.DELAY, Action.QUARANTINE):
+        return RecipientState.HELD
+    if action is Action.REJECT:
+        return RecipientState.REJECTED
+    return RecipientState.PENDING
+
+
+def _message_state(states: list[RecipientState]) -> MessageState:
+    if RecipientState.PENDING in states:
+        return MessageState.QUEUED
+    if RecipientState.HELD in states:
+        return MessageState.HELD
+    return MessageState.REJECTED
+
+
+@dataclass
+class _Pressure:
+    free_disk: int = 1 << 62
+    active: int = 0
+
+
+class Relay:
+    """Implements the listener's `Intake`: takes messages in, sees them through."""
+
+    def __init__(self, config: Config, store: Store, queue: DeliveryQueue) -> None:
+        self.config = config
+        self.store = store
+        self.queue = queue
+        self._pressure = _Pressure()
+        self._scans: set[asyncio.Task[None]] = set()
+
+    # -- Intake -----------------------------------------------------------
+
+    def pressure(self) -> str | None:
+        if self._pressure.free_disk < self.config.store.min_free_disk:
+            return replies.R452_STORAGE
+        if self._pressure.active >= self.config.store.max_queue:
+            return replies.R452_QUEUE_FULL
+        return None
+
+    async def receive(self, envelope: Envelope, content: bytes, tls: bool) -> Receipt:
+        message_id = new_message_id()
+        content = received_header(envelope, self.config.server.hostname, message_id) + content
+        before_queue = self.config.server.mode == "before-queue"
+        verdict = inspect_message(content, envelope) if before_queue else None
+        if verdict is not None and verdict.action is Action.REJECT:
+            log.warning(
+                "message.rejected",
+                client=envelope.client_address,
+                size=len(content),
+                recipients=len(envelope.recipients),
+                domains=envelope.recipient_domains,
+                rules=_fired_rules(verdict),
+            )
+            reason = next((v.reason for v in verdict.recipients.values() if v.reason), "policy")
+            return Receipt(None, replies.R550_POLICY.format(reason=reason))
+        recipient_states = (
+            [_recipient_state(verdict.recipients[r].action) for r in envelope.recipients]
+            if verdict is not None
+            else None
+        )
+        state = _message_state(recipient_states) if recipient_states else MessageState.RECEIVED
+        try:
+            await self.store.accept(
+                message_id,
+                envelope,
+                content,
+                state=state,
+                origin=Origin.RELAY,
+                expires_at=envelope.received_at + self.config.delivery.lifetime,
+                recipient_states=recipient_states,
+            )
+        except OSError as exc:
+            log.error("message.store_failed", client=envelope.client_address, error=exc.strerror)
+            self._pressure.free_disk = min(self._pressure.free_disk, self.store.free_disk_bytes())
+            return Receipt(None, replies.R451_TRY_AGAIN)
+        self._pressure.active += 1
+        log.info(
+            "message.received",
+            id=message_id,
+            client=envelope.client_address,
+            size=len(content),
+            recipients=len(envelope.recipients),
+            domains=envelope.recipient_domains,
+            tls=tls,
+            mode=self.config.server.mode,
+        )
+        if state is MessageState.RECEIVED:
+            self._scan_later(message_id)
+        elif state is MessageState.QUEUED:
+            self.queue.submit(message_id)
+        return Receipt(message_id)
+
+    # -- scanning (after-queue) --------------------------------------------
+
+    def _scan_later(self, message_id: str) -> None:
+        task = asyncio.create_task(self._scan(message_id))
+        self._scans.add(task)
+        task.add_done_callback(self._scans.discard)
+
+    async def _scan(self, message_id: str) -> None:
+        try:
+            record = await self.store.load(message_id)
+            if record is None or record.state is not MessageState.RECEIVED:
+                return
+            content = await self.store.content(message_id)
+            verdict = inspect_message(content, record.envelope)
+            await self._apply(message_id, record.envelope, content, verdict)
+        except Exception as exc:
+            # Stays RECEIVED: scanned again at the next start. Never delivered unscanned.
+            log.error("scan.failed", id=message_id, error=type(exc).__name__)
+
+    async def _apply(
+        self, message_id: str, envelope: Envelope, content: bytes, verdict: Verdict
+    ) -> None:
+        states = {r: _recipient_state(verdict.recipients[r].action) for r in envelope.recipients}
+        state = _message_state(list(states.values()))
+        await self.store.set_state(
+            message_id, state, recipient_states=states, next_attempt_at=time.time()
+        )
+        if verdict.action is not Action.PASS:
+            log.info(
+                "message.verdict",
+                id=message_id,
+                action=verdict.action.value,
+                rules=_fired_rules(verdict),
+            )
+        if state is MessageState.QUEUED:
+            self.queue.submit(message_id)
+
+    # -- lifecycle --------------------------------------------------------
+
+    async def resume(self) -> int:
+        """After a restart: everything unfinished is taken up again. Returns how many."""
+        unfinished = await self.store.recover()
+        for message_id in unfinished:
+            record = await self.store.load(message_id)
+            if record is not None and record.state is MessageState.RECEIVED:
+                self._scan_later(message_id)
+        self.queue.wake()
+        return len(unfinished)
+
+    async def watch_pressure(self) -> None:
+        while True:
+            try:
+                self._pressure.free_disk = await asyncio.to_thread(self.store.free_disk_bytes)
+                self._pressure.active = (await self.store.counts()).active
+            except Exception as exc:
+                log.error("pressure.check_failed", error=type(exc).__name__)
+            await asyncio.sleep(_PRESSURE_REFRESH)
+
+    async def finish_scans(self, timeout: float) -> None:
+        if self._scans:
+            await asyncio.wait(set(self._scans), timeout=timeout)
+
+
+def _fired_rules(verdict: Verdict) -> list[str]:
+    return sorted({rule for v in verdict.recipients.values() for rule in v.rules})
+
+
+def _notify_systemd(state: str) -> None:
+    """sd_notify without a dependency: systemd's Type=notify readiness protocol."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.connect(address)
+        sock.sendall(state.encode())
+
+
+class RelayService:
+    """The running daemon: owns the store, the listener, the queue and the signals."""
+
+    def __init__(self, config_path: Path, overrides: Overrides, config: Config) -> None:
+        self.config_path = config_path
+        self.overrides = overrides
+        self.config = config
+        self.store = open_store(config.store.backend, config.store.data_dir)
+        self.upstream = Upstream(config.upstream, config.server.hostname)
+        self.queue = DeliveryQueue(
+            self.store,
+            self.upstream,
+            config.delivery,
+            config.server.hostname,
+            workers=config.upstream.max_connections,
+        )
+        self.relay = Relay(config, self.store, self.queue)
+        self.listener = Listener(self.relay, listener_settings(config.server))
+        self.address: tuple[str, int] | None = None
+        self._stop = asyncio.Event()
+        self._background: list[asyncio.Task[None]] = []
+
+    async def start(self) -> tuple[str, int]:
+        await self.store.open()
+        resumed = await self.relay.resume()
+        self.queue.start()
+        self._background.append(asyncio.create_task(self.relay.watch_pressure()))
+        listen = self.config.server.listen
+        self.address = await self.listener.start(listen.host, listen.port)
+        log.info(
+            "relay.listening",
+            host=self.address[0],
+            port=self.address[1],
+            upstream=f"{self.config.upstream.host}:{self.config.upstream.port}",
+            mode=self.config.server.mode,
+            data_dir=str(self.config.store.data_dir),
+            resumed=resumed,
+        )
+        _notify_systemd("READY=1")
+        return self.address
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def reload(self) -> bool:
+        """Re-read the config; keep the running one if the new one is invalid."""
+        try:
+            new = load_config(self.config_path, self.overrides)
+        except ConfigError as exc:
+            log.error(
+                "config.reload_refused",
+                problems=[str(p) for p in exc.problems],
+                kept="previous configuration",
+            )
+            return False
+        restart_needed = [
+            name
+            for name, old, now in (
+                ("server.listen", self.config.server.listen, new.server.listen),
+                ("store", self.config.store.data_dir, new.store.data_dir),
+            )
+            if old != now
+        ]
+        self.config = new
+        self.relay.config = new
+        self.listener.settings = listener_settings(new.server)
+        self.queue.config = new.delivery
+        if new.upstream != self.upstream.config:
+            old_upstream = self.upstream
+            self.upstream = Upstream(new.upstream, new.server.hostname)
+            self.queue.upstream = self.upstream
+            self._background.append(asyncio.create_task(old_upstream.close()))
+        configure_logging(new.logging)
+        log.info("config.reloaded", restart_needed_for=restart_needed)
+        self.queue.wake()
+        return True
+
+    async def run_until_stopped(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+        loop.add_signal_handler(signal.SIGINT, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        try:
+            await self._stop.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+        await self.shutdown()
+
+    async def shutdown(self) -> None:
+        _notify_systemd("STOPPING=1")
+        timeout = self.config.server.drain_timeout
+        log.info("relay.stopping", sessions=len(self.listener.registry.sessions))
+        self.listener.stop_accepting()
+        drained = await self.listener.drain(timeout)
+        await self.relay.finish_scans(timeout)
+        await self.queue.stop(timeout)
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await self.upstream.close()
+        await self.store.close()
+        log.info("relay.stopped", drained=drained)
+
+
+def run_relay(
+    config_path: Path,
+    overrides: Overrides,
+    on_ready: Callable[[tuple[str, int]], None] | None = None,
+) -> int:
+    """Entry point of `smtpguard serve`; raises ConfigError before anything starts."""
+    config = load_config(config_path, overrides)
+    configure_logging(config.logging)
+
+    async def main() -> None:
+        service = RelayService(config_path, overrides, config)
+        address = await service.start()
+        if on_ready is not None:
+            on_ready(address)
+        await service.run_until_stopped()
+
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main())
+    else:
+        uvloop.run(main())
+    return 0

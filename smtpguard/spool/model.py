@@ -1,0 +1,112 @@
+"""What the store records about a message and each of its recipients."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from smtpguard.envelope import Envelope
+
+
+class MessageState(enum.StrEnum):
+    RECEIVED = "received"  # on disk, not yet scanned
+    QUEUED = "queued"  # scanned, waiting for delivery
+    DELIVERING = "delivering"  # claimed by a delivery task (leased)
+    DEFERRED = "deferred"  # some recipient failed temporarily; retry later
+    DELIVERED = "delivered"  # every recipient accepted upstream
+    BOUNCED = "bounced"  # finished, at least one recipient refused permanently
+    HELD = "held"  # waiting for a reviewer (or a delay)
+    RELEASED = "released"  # a reviewer released it; goes on to delivery
+    REJECTED = "rejected"  # refused by policy or a reviewer
+    EXPIRED = "expired"  # lifetime ran out before delivery
+
+    @property
+    def finished(self) -> bool:
+        return self in _FINISHED
+
+
+_FINISHED = frozenset(
+    {MessageState.DELIVERED, MessageState.BOUNCED, MessageState.REJECTED, MessageState.EXPIRED}
+)
+
+# States a delivery task may pick up once they are due.
+DELIVERABLE = (MessageState.QUEUED, MessageState.DEFERRED, MessageState.RELEASED)
+# States that need work after a restart.
+UNFINISHED = (
+    MessageState.RECEIVED,
+    MessageState.QUEUED,
+    MessageState.DELIVERING,
+    MessageState.DEFERRED,
+    MessageState.RELEASED,
+)
+
+
+class RecipientState(enum.StrEnum):
+    PENDING = "pending"
+    DEFERRED = "deferred"
+    DELIVERED = "delivered"
+    BOUNCED = "bounced"
+    HELD = "held"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+
+    @property
+    def finished(self) -> bool:
+        return self in (
+            RecipientState.DELIVERED,
+            RecipientState.BOUNCED,
+            RecipientState.REJECTED,
+            RecipientState.EXPIRED,
+        )
+
+
+class Origin(enum.StrEnum):
+    RELAY = "relay"  # mail a client gave us
+    NOTICE = "notice"  # mail smtpguard wrote itself (DSN, notices): never scanned
+
+
+@dataclass(frozen=True)
+class RecipientRecord:
+    address: str
+    state: RecipientState
+    attempts: int = 0
+    last_reply: str = ""
+
+
+@dataclass(frozen=True)
+class MessageRecord:
+    id: str
+    state: MessageState
+    envelope: Envelope
+    size: int
+    origin: Origin
+    attempts: int
+    next_attempt_at: float | None
+    expires_at: float
+    updated_at: float
+    recipients: tuple[RecipientRecord, ...]
+
+    def pending_recipients(self) -> tuple[str, ...]:
+        return tuple(
+            r.address
+            for r in self.recipients
+            if r.state in (RecipientState.PENDING, RecipientState.DEFERRED)
+        )
+
+
+@dataclass(frozen=True)
+class RecipientOutcome:
+    """What the upstream said about one recipient in one delivery attempt."""
+
+    address: str
+    state: RecipientState
+    reply: str  # "250 2.0.0 ok" / "451 4.3.0 ..." / "connection refused"
+
+
+@dataclass(frozen=True)
+class QueueCounts:
+    by_state: dict[MessageState, int]
+
+    @property
+    def active(self) -> int:
+        return sum(n for state, n in self.by_state.items() if not state.finished)

@@ -1,0 +1,461 @@
+"""SQLite (WAL) store with a spool folder: the default, nothing to install.
+
+All database work happens on one dedicated thread that owns the connection,
+so the event loop never waits on SQLite or fsync. New messages are committed
+in groups: every message that arrives while a commit is running goes into the
+next one, with a single folder fsync and a single WAL fsync for the lot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+from smtpguard.envelope import Envelope
+from smtpguard.spool.files import FILE_MODE, SpoolFolder, make_private_dir
+from smtpguard.spool.model import (
+    DELIVERABLE,
+    UNFINISHED,
+    MessageRecord,
+    MessageState,
+    Origin,
+    QueueCounts,
+    RecipientOutcome,
+    RecipientRecord,
+    RecipientState,
+)
+from smtpguard.spool.store import Store
+
+T = TypeVar("T")
+
+# Each entry upgrades the schema by one version; PRAGMA user_version records
+# how many have been applied. Never edit an entry once released: append.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE messages (
+        id TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        origin TEXT NOT NULL,
+        sender TEXT NOT NULL,
+        client_address TEXT NOT NULL,
+        client_name TEXT NOT NULL,
+        smtputf8 INTEGER NOT NULL,
+        body_8bit INTEGER NOT NULL,
+        tls INTEGER NOT NULL,
+        mail_options TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        received_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL,
+        lease_owner TEXT,
+        lease_until REAL,
+        verdict TEXT
+    );
+    CREATE INDEX messages_due ON messages (state, next_attempt_at);
+    CREATE TABLE recipients (
+        message_id TEXT NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+        position INTEGER NOT NULL,
+        address TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_reply TEXT NOT NULL DEFAULT '',
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (message_id, position)
+    );
+    """,
+)
+
+
+@dataclass
+class _PendingAccept:
+    message_row: tuple[Any, ...]
+    recipient_rows: list[tuple[Any, ...]]
+    future: asyncio.Future[None]
+
+
+class SQLiteStore(Store):
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.db_path = data_dir / "smtpguard.db"
+        self.spool = SpoolFolder(data_dir / "spool")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+        self._conn: sqlite3.Connection | None = None
+        self._pending: list[_PendingAccept] = []
+        self._pending_lock = threading.Lock()
+
+    # -- plumbing ---------------------------------------------------------
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, partial(fn, *args))
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        assert self._conn is not None, "store is not open"
+        return self._conn
+
+    def _open(self) -> None:
+        make_private_dir(self.data_dir)
+        conn = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False)
+        for suffix in ("", "-wal", "-shm"):
+            path = Path(f"{self.db_path}{suffix}")
+            if path.exists():
+                path.chmod(FILE_MODE)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: a commit is on disk before we answer 250 for what it holds.
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=10000")
+        self._conn = conn
+        self._migrate()
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise RuntimeError(
+                f"store schema version {version} is newer than this smtpguard "
+                f"({len(MIGRATIONS)}); upgrade smtpguard"
+            )
+        for number in range(version, len(MIGRATIONS)):
+            self._db.execute("BEGIN IMMEDIATE")
+            for statement in MIGRATIONS[number].split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+            self._db.execute(f"PRAGMA user_version = {number + 1}")
+            self._db.execute("COMMIT")
+
+    async def open(self) -> None:
+        await self._run(self._open)
+
+    async def close(self) -> None:
+        def _close() -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+        await self._run(_close)
+        self._executor.shutdown(wait=True)
+
+    # -- accepting --------------------------------------------------------
+
+    async def accept(
+        self,
+        message_id: str,
+        envelope: Envelope,
+        content: bytes,
+        *,
+        state: MessageState,
+        origin: Origin,
+        expires_at: float,
+        recipient_states: Sequence[RecipientState] | None = None,
+    ) -> None:
+        await asyncio.to_thread(self.spool.write, message_id, content)
+        now = time.time()
+        states = recipient_states or [RecipientState.PENDING] * len(envelope.recipients)
+        message_row = (
+            message_id,
+            state.value,
+            origin.value,
+            envelope.sender,
+            envelope.client_address,
+            envelope.client_name,
+            int(envelope.smtputf8),
+            int(envelope.body_8bit),
+            int(envelope.tls),
+            json.dumps(list(envelope.mail_options)),
+            len(content),
+            envelope.received_at,
+            now,
+            expires_at,
+            now,
+        )
+        recipient_rows = [
+            (message_id, position, address, rstate.value, now)
+            for position, (address, rstate) in enumerate(
+                zip(envelope.recipients, states, strict=True)
+            )
+        ]
+        loop = asyncio.get_running_loop()
+        pending = _PendingAccept(message_row, recipient_rows, loop.create_future())
+        with self._pending_lock:
+            self._pending.append(pending)
+            first = len(self._pending) == 1
+        if first:
+            loop.run_in_executor(self._executor, self._commit_pending, loop)
+        try:
+            await pending.future
+        except BaseException:
+            await asyncio.to_thread(self.spool.remove, message_id)
+            raise
+
+    def _commit_pending(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._pending_lock:
+            batch, self._pending = self._pending, []
+        if not batch:
+            return
+        error: BaseException | None = None
+        try:
+            self.spool.sync()
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "INSERT INTO messages (id, state, origin, sender, client_address,"
+                    " client_name, smtputf8, body_8bit, tls, mail_options, size, received_at,"
+                    " updated_at, expires_at, next_attempt_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [p.message_row for p in batch],
+                )
+                self._db.executemany(
+                    "INSERT INTO recipients (message_id, position, address, state, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    [row for p in batch for row in p.recipient_rows],
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        except BaseException as exc:
+            error = exc
+        for pending in batch:
+            loop.call_soon_threadsafe(_settle, pending.future, error)
+
+    # -- reading ----------------------------------------------------------
+
+    def _record(self, row: sqlite3.Row) -> MessageRecord:
+        recipients = tuple(
+            RecipientRecord(
+                address=r["address"],
+                state=RecipientState(r["state"]),
+                attempts=r["attempts"],
+                last_reply=r["last_reply"],
+            )
+            for r in self._db.execute(
+                "SELECT * FROM recipients WHERE message_id = ? ORDER BY position", (row["id"],)
+            )
+        )
+        envelope = Envelope(
+            sender=row["sender"],
+            recipients=tuple(r.address for r in recipients),
+            client_address=row["client_address"],
+            client_name=row["client_name"],
+            received_at=row["received_at"],
+            smtputf8=bool(row["smtputf8"]),
+            body_8bit=bool(row["body_8bit"]),
+            tls=bool(row["tls"]),
+            mail_options=tuple(json.loads(row["mail_options"])),
+        )
+        return MessageRecord(
+            id=row["id"],
+            state=MessageState(row["state"]),
+            envelope=envelope,
+            size=row["size"],
+            origin=Origin(row["origin"]),
+            attempts=row["attempts"],
+            next_attempt_at=row["next_attempt_at"],
+            expires_at=row["expires_at"],
+            updated_at=row["updated_at"],
+            recipients=recipients,
+        )
+
+    def _load(self, message_id: str) -> MessageRecord | None:
+        row = self._db.execute("SELECT * FROM messages WHERE id = ?", (message_id,)).fetchone()
+        return self._record(row) if row else None
+
+    async def load(self, message_id: str) -> MessageRecord | None:
+        return await self._run(self._load, message_id)
+
+    async def content(self, message_id: str) -> bytes:
+        return await asyncio.to_thread(self.spool.read, message_id)
+
+    def _messages(self, states: Sequence[MessageState], limit: int) -> list[MessageRecord]:
+        marks = ",".join("?" * len(states))
+        rows = self._db.execute(
+            f"SELECT * FROM messages WHERE state IN ({marks}) ORDER BY received_at LIMIT ?",  # noqa: S608
+            [*(s.value for s in states), limit],
+        ).fetchall()
+        return [self._record(row) for row in rows]
+
+    async def messages(
+        self, states: Sequence[MessageState], limit: int = 1000
+    ) -> list[MessageRecord]:
+        return await self._run(self._messages, states, limit)
+
+    def _counts(self) -> QueueCounts:
+        rows = self._db.execute("SELECT state, count(*) FROM messages GROUP BY state")
+        return QueueCounts({MessageState(state): n for state, n in rows})
+
+    async def counts(self) -> QueueCounts:
+        return await self._run(self._counts)
+
+    def free_disk_bytes(self) -> int:
+        return self.spool.free_bytes()
+
+    # -- changing state ---------------------------------------------------
+
+    def _set_state(
+        self,
+        message_id: str,
+        state: MessageState,
+        recipient_states: dict[str, RecipientState] | None,
+        next_attempt_at: float | None,
+    ) -> None:
+        now = time.time()
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(
+                "UPDATE messages SET state = ?, updated_at = ?, next_attempt_at = ?,"
+                " lease_owner = NULL, lease_until = NULL WHERE id = ?",
+                (state.value, now, next_attempt_at, message_id),
+            )
+            for address, rstate in (recipient_states or {}).items():
+                self._db.execute(
+                    "UPDATE recipients SET state = ?, updated_at = ?"
+                    " WHERE message_id = ? AND address = ?",
+                    (rstate.value, now, message_id, address),
+                )
+
+    async def set_state(
+        self,
+        message_id: str,
+        state: MessageState,
+        *,
+        recipient_states: dict[str, RecipientState] | None = None,
+        next_attempt_at: float | None = None,
+    ) -> None:
+        await self._run(self._set_state, message_id, state, recipient_states, next_attempt_at)
+
+    def _claim(self, message_id: str, owner: str, lease_seconds: float) -> bool:
+        now = time.time()
+        marks = ",".join("?" * len(DELIVERABLE))
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            cursor = self._db.execute(
+                f"UPDATE messages SET state = ?, lease_owner = ?, lease_until = ?, updated_at = ?"  # noqa: S608
+                f" WHERE id = ? AND state IN ({marks})",
+                (
+                    MessageState.DELIVERING.value,
+                    owner,
+                    now + lease_seconds,
+                    now,
+                    message_id,
+                    *(s.value for s in DELIVERABLE),
+                ),
+            )
+        return cursor.rowcount == 1
+
+    async def claim(self, message_id: str, owner: str, lease_seconds: float) -> bool:
+        return await self._run(self._claim, message_id, owner, lease_seconds)
+
+    def _claim_due(self, now: float, owner: str, lease_seconds: float, limit: int) -> list[str]:
+        marks = ",".join("?" * len(DELIVERABLE))
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            rows = self._db.execute(
+                f"UPDATE messages SET state = ?, lease_owner = ?, lease_until = ?, updated_at = ?"  # noqa: S608
+                f" WHERE id IN (SELECT id FROM messages WHERE state IN ({marks})"
+                f" AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?) RETURNING id",
+                (
+                    MessageState.DELIVERING.value,
+                    owner,
+                    now + lease_seconds,
+                    now,
+                    *(s.value for s in DELIVERABLE),
+                    now,
+                    limit,
+                ),
+            ).fetchall()
+        return [row[0] for row in rows]
+
+    async def claim_due(
+        self, now: float, owner: str, lease_seconds: float, limit: int
+    ) -> list[str]:
+        return await self._run(self._claim_due, now, owner, lease_seconds, limit)
+
+    def _record_attempt(
+        self,
+        message_id: str,
+        outcomes: Sequence[RecipientOutcome],
+        state: MessageState,
+        next_attempt_at: float | None,
+    ) -> None:
+        now = time.time()
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(
+                "UPDATE messages SET state = ?, attempts = attempts + 1, next_attempt_at = ?,"
+                " updated_at = ?, lease_owner = NULL, lease_until = NULL WHERE id = ?",
+                (state.value, next_attempt_at, now, message_id),
+            )
+            self._db.executemany(
+                "UPDATE recipients SET state = ?, attempts = attempts + 1, last_reply = ?,"
+                " updated_at = ? WHERE message_id = ? AND address = ?",
+                [(o.state.value, o.reply, now, message_id, o.address) for o in outcomes],
+            )
+
+    async def record_attempt(
+        self,
+        message_id: str,
+        outcomes: Sequence[RecipientOutcome],
+        state: MessageState,
+        next_attempt_at: float | None,
+    ) -> None:
+        await self._run(self._record_attempt, message_id, outcomes, state, next_attempt_at)
+
+    async def discard_content(self, message_id: str) -> None:
+        await asyncio.to_thread(self.spool.remove, message_id)
+
+    def _recover(self) -> list[str]:
+        self.spool.remove_partial_writes()
+        known = {row[0] for row in self._db.execute("SELECT id FROM messages")}
+        # A spool file without a row was never acknowledged: the client still has it.
+        for orphan in set(self.spool.message_ids()) - known:
+            self.spool.remove(orphan)
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(
+                "UPDATE messages SET state = ?, lease_owner = NULL, lease_until = NULL"
+                " WHERE state = ?",
+                (MessageState.QUEUED.value, MessageState.DELIVERING.value),
+            )
+        marks = ",".join("?" * len(UNFINISHED))
+        rows = self._db.execute(
+            f"SELECT id FROM messages WHERE state IN ({marks}) ORDER BY received_at",  # noqa: S608
+            [s.value for s in UNFINISHED],
+        )
+        return [row[0] for row in rows]
+
+    async def recover(self) -> list[str]:
+        return await self._run(self._recover)
+
+    def _retry_now(self, now: float) -> int:
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            cursor = self._db.execute(
+                "UPDATE messages SET next_attempt_at = ? WHERE state = ?",
+                (now, MessageState.DEFERRED.value),
+            )
+        return cursor.rowcount
+
+    async def retry_now(self, now: float) -> int:
+        return await self._run(self._retry_now, now)
+
+
+def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)

@@ -1,0 +1,110 @@
+"""The store interface every backend implements.
+
+Callers (the listener, the delivery queue, the CLI) see only this interface,
+so a PostgreSQL backend can stand beside SQLite without touching them. Every
+method is a coroutine: a backend must never block the event loop.
+"""
+
+from __future__ import annotations
+
+import abc
+import secrets
+import time
+from collections.abc import Sequence
+
+from smtpguard.envelope import Envelope
+from smtpguard.spool.model import (
+    MessageRecord,
+    MessageState,
+    Origin,
+    QueueCounts,
+    RecipientOutcome,
+    RecipientState,
+)
+
+
+def new_message_id() -> str:
+    """Sortable by arrival, unguessable, safe in file names and logs."""
+    return f"{time.time_ns() // 1000:013X}{secrets.token_hex(4).upper()}"
+
+
+class Store(abc.ABC):
+    @abc.abstractmethod
+    async def open(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def accept(
+        self,
+        message_id: str,
+        envelope: Envelope,
+        content: bytes,
+        *,
+        state: MessageState,
+        origin: Origin,
+        expires_at: float,
+        recipient_states: Sequence[RecipientState] | None = None,
+    ) -> None:
+        """Make the message durable. Returns only once a crash can no longer lose it."""
+
+    @abc.abstractmethod
+    async def load(self, message_id: str) -> MessageRecord | None: ...
+
+    @abc.abstractmethod
+    async def content(self, message_id: str) -> bytes: ...
+
+    @abc.abstractmethod
+    async def set_state(
+        self,
+        message_id: str,
+        state: MessageState,
+        *,
+        recipient_states: dict[str, RecipientState] | None = None,
+        next_attempt_at: float | None = None,
+    ) -> None: ...
+
+    @abc.abstractmethod
+    async def claim(self, message_id: str, owner: str, lease_seconds: float) -> bool:
+        """Take one deliverable message for delivery; False if another task has it."""
+
+    @abc.abstractmethod
+    async def claim_due(
+        self, now: float, owner: str, lease_seconds: float, limit: int
+    ) -> list[str]:
+        """Take up to `limit` deliverable messages whose next attempt is due."""
+
+    @abc.abstractmethod
+    async def record_attempt(
+        self,
+        message_id: str,
+        outcomes: Sequence[RecipientOutcome],
+        state: MessageState,
+        next_attempt_at: float | None,
+    ) -> None:
+        """Store one delivery attempt's per-recipient outcomes and the new message state."""
+
+    @abc.abstractmethod
+    async def discard_content(self, message_id: str) -> None:
+        """Remove a finished message's bytes; the record stays for history."""
+
+    @abc.abstractmethod
+    async def recover(self) -> list[str]:
+        """After a restart: release stale claims; return every unfinished message id."""
+
+    @abc.abstractmethod
+    async def counts(self) -> QueueCounts: ...
+
+    @abc.abstractmethod
+    async def messages(
+        self, states: Sequence[MessageState], limit: int = 1000
+    ) -> list[MessageRecord]: ...
+
+    @abc.abstractmethod
+    async def retry_now(self, now: float) -> int:
+        """Make every deferred message due now; returns how many."""
+
+    @abc.abstractmethod
+    def free_disk_bytes(self) -> int:
+        """Free space where message bytes are kept (a cheap, non-blocking syscall)."""
