@@ -92,6 +92,8 @@ class Upstream:
             password=self._password,
         )
         await client.connect()
+        if client.is_ehlo_or_helo_needed:
+            await client.ehlo()  # now, so that the extensions are known before MAIL
         return client
 
     async def _checkout(self) -> tuple[aiosmtplib.SMTP, bool]:
