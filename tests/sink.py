@@ -60,15 +60,19 @@ class CaptureHandler:
 
 
 class CaptureSink:
-    def __init__(self, handler: CaptureHandler | None = None) -> None:
+    def __init__(self, handler: CaptureHandler | None = None, **smtp_options: Any) -> None:
+        """`smtp_options` go to aiosmtpd's SMTP: tls_context, authenticator, auth_required..."""
         self.handler = handler or CaptureHandler()
+        self.smtp_options = smtp_options
         self._server: asyncio.Server | None = None
         self.port = 0
 
     async def start(self, port: int = 0) -> int:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: SMTP(self.handler, enable_SMTPUTF8=True, hostname="sink.test"),
+            lambda: SMTP(
+                self.handler, enable_SMTPUTF8=True, hostname="sink.test", **self.smtp_options
+            ),
             host="127.0.0.1",
             port=port,
         )

@@ -537,3 +537,51 @@ async def test_logs_carry_ids_and_domains_never_subject_body_or_addresses(
     assert list(received["domains"]) == ["example.org", "millsandco-solicitors.co.uk"]
     for secret in ("Amelia", "strategy meeting", "943 476 5919", "s.mills@", "gone@", SENDER):
         assert secret not in text, secret
+
+
+async def test_when_client_stalls_in_data_then_421_and_nothing_stored(
+    relays: RelayRunner, sink: CaptureSink
+) -> None:
+    service = await relays.start({"server": {"data_timeout": "500ms"}})
+
+    def stall() -> bytes:
+        with socket.create_connection(("127.0.0.1", _port(service)), timeout=10) as sock:
+            stream = sock.makefile("rb")
+            stream.readline()
+            sock.sendall(b"HELO client.test\r\nMAIL FROM:<j@northshire.gov.uk>\r\n")
+            sock.sendall(b"RCPT TO:<a@example.org>\r\nDATA\r\nSubject: half a message\r\n")
+            lines = [stream.readline() for _ in range(4)]
+            assert lines[-1].startswith(b"354")
+            return stream.readline()
+
+    reply = await asyncio.to_thread(stall)
+    assert reply.startswith(b"421 4.4.2")
+    assert await service.store.messages([MessageState.RECEIVED, MessageState.QUEUED]) == []
+    assert sink.handler.messages == []
+
+
+async def test_when_commands_pipelined_then_each_answered_in_order(
+    relays: RelayRunner, sink: CaptureSink
+) -> None:
+    service = await relays.start()
+
+    def pipelined() -> list[bytes]:
+        with socket.create_connection(("127.0.0.1", _port(service)), timeout=10) as sock:
+            stream = sock.makefile("rb")
+            stream.readline()
+            sock.sendall(b"EHLO client.test\r\n")
+            while stream.readline()[3:4] == b"-":
+                pass
+            sock.sendall(
+                b"MAIL FROM:<j@northshire.gov.uk>\r\nRCPT TO:<a@example.org>\r\n"
+                b"RCPT TO:<b@example.org>\r\nDATA\r\n"
+            )
+            replies = [stream.readline() for _ in range(4)]
+            sock.sendall(b"Subject: piped\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+            replies += [stream.readline(), stream.readline()]
+            return replies
+
+    replies = await asyncio.to_thread(pipelined)
+    assert [r[:3] for r in replies] == [b"250", b"250", b"250", b"354", b"250", b"221"]
+    [captured] = await sink.handler.wait_for(1)
+    assert captured.recipients == ["a@example.org", "b@example.org"]

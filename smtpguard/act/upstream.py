@@ -128,7 +128,10 @@ class Upstream:
                             RecipientOutcome(address, RecipientState.DEFERRED, _describe(exc)),
                         )
                 else:
-                    self._idle.append((client, time.monotonic()))
+                    if self.config.reuse_connections:
+                        self._idle.append((client, time.monotonic()))
+                    else:
+                        await _polite_close(client)
                 return [outcomes[a] for a in transaction.recipients]
             return _all(transaction, RecipientState.DEFERRED, "connection closed by upstream")
 
@@ -190,9 +193,7 @@ class Upstream:
     async def close(self) -> None:
         idle, self._idle = self._idle, []
         for client, _ in idle:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.quit(), timeout=2)
-            await _quietly_close(client)
+            await _polite_close(client)
 
 
 def _all(transaction: Transaction, state: RecipientState, reply: str) -> list[RecipientOutcome]:
@@ -212,6 +213,13 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, OSError):
         return f"network error: {exc.strerror or type(exc).__name__}"
     return f"upstream error: {type(exc).__name__}"
+
+
+async def _polite_close(client: aiosmtplib.SMTP) -> None:
+    """QUIT, briefly; a server that does not answer is simply disconnected."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(client.quit(), timeout=2)
+    await _quietly_close(client)
 
 
 async def _quietly_close(client: aiosmtplib.SMTP) -> None:

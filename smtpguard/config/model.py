@@ -115,6 +115,7 @@ class UpstreamConfig(_Section):
     password_file: Path | None = None
     timeout: Seconds = 60.0
     max_connections: int = Field(default=10, ge=1, le=1000)
+    reuse_connections: bool = True
     idle_timeout: Seconds = 30.0
     helo_name: str | None = None
 
