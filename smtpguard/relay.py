@@ -21,7 +21,7 @@ from pathlib import Path
 
 import structlog
 
-from smtpguard.act.queue import DeliveryQueue
+from smtpguard.act.queue import DeliveryQueue, Job
 from smtpguard.act.upstream import Upstream
 from smtpguard.config import Config, ConfigError, Overrides, load_config
 from smtpguard.decide import Action, Verdict
@@ -29,7 +29,16 @@ from smtpguard.envelope import Envelope
 from smtpguard.inspect import inspect_message
 from smtpguard.listen import Listener, Receipt, listener_settings, replies
 from smtpguard.log import configure_logging
-from smtpguard.spool import MessageState, Origin, RecipientState, Store, new_message_id, open_store
+from smtpguard.spool import (
+    MessageRecord,
+    MessageState,
+    Origin,
+    RecipientRecord,
+    RecipientState,
+    Store,
+    new_message_id,
+    open_store,
+)
 
 log = structlog.get_logger("smtpguard.relay")
 
@@ -137,47 +146,68 @@ class Relay:
             mode=self.config.server.mode,
         )
         if state is MessageState.RECEIVED:
-            self._scan_later(message_id)
+            self._scan_later(message_id, envelope, content)
         elif state is MessageState.QUEUED:
-            self.queue.submit(message_id)
+            self.queue.submit(Job(message_id, content=content))
         return Receipt(message_id)
 
     # -- scanning (after-queue) --------------------------------------------
 
-    def _scan_later(self, message_id: str) -> None:
-        task = asyncio.create_task(self._scan(message_id))
+    def _scan_later(self, message_id: str, envelope: Envelope, content: bytes) -> None:
+        task = asyncio.create_task(self._scan(message_id, envelope, content))
         self._scans.add(task)
         task.add_done_callback(self._scans.discard)
 
-    async def _scan(self, message_id: str) -> None:
-        try:
-            record = await self.store.load(message_id)
-            if record is None or record.state is not MessageState.RECEIVED:
-                return
+    async def _rescan(self, message_id: str) -> None:
+        """A message that was stored but not scanned before a restart."""
+        record = await self.store.load(message_id)
+        if record is not None and record.state is MessageState.RECEIVED:
             content = await self.store.content(message_id)
-            verdict = inspect_message(content, record.envelope)
-            await self._apply(message_id, record.envelope, content, verdict)
+            self._scan_later(message_id, record.envelope, content)
+
+    async def _scan(self, message_id: str, envelope: Envelope, content: bytes) -> None:
+        try:
+            verdict = inspect_message(content, envelope)
+            states = {
+                r: _recipient_state(verdict.recipients[r].action) for r in envelope.recipients
+            }
+            state = _message_state(list(states.values()))
+            now = time.time()
+            if verdict.action is not Action.PASS:
+                log.info(
+                    "message.verdict",
+                    id=message_id,
+                    action=verdict.action.value,
+                    rules=_fired_rules(verdict),
+                )
+            if state is not MessageState.QUEUED:
+                await self.store.set_state(message_id, state, recipient_states=states)
+                return
+            # Straight to delivery: the verdict and the claim in one commit.
+            lease = self.queue.lease()
+            await self.store.set_state(
+                message_id,
+                MessageState.DELIVERING,
+                recipient_states=states,
+                next_attempt_at=now,
+                lease=lease,
+            )
+            record = MessageRecord(
+                id=message_id,
+                state=MessageState.DELIVERING,
+                envelope=envelope,
+                size=len(content),
+                origin=Origin.RELAY,
+                attempts=0,
+                next_attempt_at=now,
+                expires_at=envelope.received_at + self.config.delivery.lifetime,
+                updated_at=now,
+                recipients=tuple(RecipientRecord(a, s) for a, s in states.items()),
+            )
+            self.queue.submit(Job(message_id, claimed=True, record=record, content=content))
         except Exception as exc:
             # Stays RECEIVED: scanned again at the next start. Never delivered unscanned.
             log.error("scan.failed", id=message_id, error=type(exc).__name__)
-
-    async def _apply(
-        self, message_id: str, envelope: Envelope, content: bytes, verdict: Verdict
-    ) -> None:
-        states = {r: _recipient_state(verdict.recipients[r].action) for r in envelope.recipients}
-        state = _message_state(list(states.values()))
-        await self.store.set_state(
-            message_id, state, recipient_states=states, next_attempt_at=time.time()
-        )
-        if verdict.action is not Action.PASS:
-            log.info(
-                "message.verdict",
-                id=message_id,
-                action=verdict.action.value,
-                rules=_fired_rules(verdict),
-            )
-        if state is MessageState.QUEUED:
-            self.queue.submit(message_id)
 
     # -- lifecycle --------------------------------------------------------
 
@@ -185,9 +215,7 @@ class Relay:
         """After a restart: everything unfinished is taken up again. Returns how many."""
         unfinished = await self.store.recover()
         for message_id in unfinished:
-            record = await self.store.load(message_id)
-            if record is not None and record.state is MessageState.RECEIVED:
-                self._scan_later(message_id)
+            await self._rescan(message_id)
         self.queue.wake()
         return len(unfinished)
 

@@ -17,6 +17,7 @@ import random
 import socket
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import structlog
 
@@ -37,6 +38,16 @@ from smtpguard.spool import (
 log = structlog.get_logger("smtpguard.act")
 
 LEASE_SECONDS = 600.0
+
+
+@dataclass(frozen=True)
+class Job:
+    """A message for a delivery task; fresh messages come with what is already in memory."""
+
+    message_id: str
+    claimed: bool = False
+    record: MessageRecord | None = None
+    content: bytes | None = None
 
 
 def retry_delay(config: DeliveryConfig, attempts: int) -> float:
@@ -75,7 +86,7 @@ class DeliveryQueue:
         self.reporting_mta = reporting_mta
         self.workers = workers
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
-        self._ready: asyncio.Queue[tuple[str, bool]] = asyncio.Queue()
+        self._ready: asyncio.Queue[Job] = asyncio.Queue()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._busy = 0
@@ -87,9 +98,13 @@ class DeliveryQueue:
         self._tasks = [asyncio.create_task(self._worker()) for _ in range(self.workers)]
         self._tasks.append(asyncio.create_task(self._poll()))
 
-    def submit(self, message_id: str) -> None:
-        """A message ready now; the task that takes it claims it in the store first."""
-        self._ready.put_nowait((message_id, False))
+    def submit(self, job: Job) -> None:
+        """A message ready now; unless the job says it is claimed, the task claims it first."""
+        self._ready.put_nowait(job)
+
+    def lease(self) -> tuple[str, float]:
+        """A claim for this queue, for a caller that moves a message straight to delivery."""
+        return self.owner, time.time() + LEASE_SECONDS
 
     def wake(self) -> None:
         """Look for due messages now (after `queue flush`, a release, a reload)."""
@@ -120,28 +135,28 @@ class DeliveryQueue:
                 log.error("queue.poll_failed", error=type(exc).__name__)
                 continue
             for message_id in due:
-                self._ready.put_nowait((message_id, True))
+                self._ready.put_nowait(Job(message_id, claimed=True))
 
     async def _worker(self) -> None:
         while True:
-            message_id, claimed = await self._ready.get()
+            job = await self._ready.get()
             if self._stopping:
                 continue
             self._busy += 1
             self._idle.clear()
             try:
-                if claimed or await self.store.claim(message_id, self.owner, LEASE_SECONDS):
-                    await self.attempt(message_id)
+                if job.claimed or await self.store.claim(job.message_id, self.owner, LEASE_SECONDS):
+                    await self.attempt(job)
             except Exception as exc:
                 # The claim lease runs out and the message is attempted again.
-                log.error("delivery.failed", id=message_id, error=type(exc).__name__)
+                log.error("delivery.failed", id=job.message_id, error=type(exc).__name__)
             finally:
                 self._busy -= 1
                 if not self._busy:
                     self._idle.set()
 
-    async def attempt(self, message_id: str) -> None:
-        record = await self.store.load(message_id)
+    async def attempt(self, job: Job) -> None:
+        record = job.record or await self.store.load(job.message_id)
         if record is None:
             return
         pending = record.pending_recipients()
@@ -152,7 +167,7 @@ class DeliveryQueue:
         if now >= record.expires_at:
             await self._expire(record, pending, now)
             return
-        content = await self.store.content(message_id)
+        content = job.content if job.content is not None else await self.store.content(record.id)
         transaction = Transaction(
             sender=record.envelope.sender,
             recipients=pending,
@@ -267,7 +282,7 @@ class DeliveryQueue:
         log.info(
             "notice.queued", id=notice_id, size=len(notice), domains=envelope.recipient_domains
         )
-        self.submit(notice_id)
+        self.submit(Job(notice_id, content=notice))
         return notice_id
 
     def _log_outcomes(

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from email_validator import EmailNotValidError, validate_email
 
 
+# Council mail goes to the same few thousand addresses again and again.
+@lru_cache(maxsize=8192)
 def address_problem(address: str, smtputf8: bool) -> str | None:
     """Why `address` cannot be used in the envelope, in words for the client; None if fine."""
     if not address.isascii() and not smtputf8:

@@ -7,8 +7,9 @@ headers); reading every MIME part and attachment comes with the parse work.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from email.header import decode_header, make_header
 from email.parser import BytesHeaderParser
-from email.policy import SMTPUTF8
+from email.policy import compat32
 
 
 @dataclass(frozen=True)
@@ -27,15 +28,30 @@ class Document:
     errors: tuple[str, ...] = field(default=())
 
 
-_HEADER_PARSER = BytesHeaderParser(policy=SMTPUTF8)
+# compat32 keeps headers as the raw strings they are; the modern policy's
+# header registry costs milliseconds per message and is only needed for the
+# few headers we decode.
+_HEADER_PARSER = BytesHeaderParser(policy=compat32)
+
+
+def _unfold(value: str) -> str:
+    return " ".join(value.split())
+
+
+def _decoded(value: str) -> str:
+    """RFC 2047 encoded-words decoded; undecodable input kept as it is."""
+    try:
+        return str(make_header(decode_header(value)))
+    except (ValueError, LookupError, UnicodeError):
+        return value
 
 
 def parse_message(raw: bytes) -> Document:
     """Never raises: a header block that cannot be read is recorded as an error."""
     try:
         message = _HEADER_PARSER.parsebytes(raw)
-        headers = tuple((name, str(value)) for name, value in message.items())
-        subject = str(message.get("Subject", ""))
+        headers = tuple((name, _unfold(str(value))) for name, value in message.items())
+        subject = _decoded(_unfold(str(message.get("Subject", ""))))
         errors = tuple(type(defect).__name__ for defect in message.defects)
     except Exception as exc:  # a parser fault must not stop the message being scanned
         return Document(

@@ -1,9 +1,10 @@
-"""The spool folder: one file per message, written so a crash never leaves half a message.
+"""The spool folder: one file per message.
 
-Each message is written to `<id>.tmp`, fsync'd, then renamed to `<id>.eml`.
-The rename only becomes durable when the folder itself is fsync'd; the store
-does that once per batch of new messages, before it commits their rows, and
-the row commit is what allows the listener to answer 250.
+A message file is written and fsync'd; its folder entry becomes durable when
+the folder itself is fsync'd, which the store does once per batch of new
+messages before it commits their rows. The row commit is the moment a
+message exists: a file without a row (a crash mid-write) was never
+acknowledged, and is removed on the next start.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ class SpoolFolder:
 
     def write(self, message_id: str, content: bytes) -> None:
         """Write and fsync the file; the caller fsyncs the folder before acknowledging."""
-        tmp = self.path / f"{message_id}{_TMP_SUFFIX}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+        path = self._final(message_id)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
         try:
             view = memoryview(content)
             while view:
@@ -44,10 +45,9 @@ class SpoolFolder:
             os.fsync(fd)
         except BaseException:
             os.close(fd)
-            tmp.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
             raise
         os.close(fd)
-        os.rename(tmp, self._final(message_id))
 
     def sync(self) -> None:
         """Make renames and unlinks in the folder durable."""
@@ -72,7 +72,7 @@ class SpoolFolder:
                 yield entry.name[: -len(_SUFFIX)]
 
     def remove_partial_writes(self) -> int:
-        """Drop `.tmp` files left by a crash mid-write: those were never acknowledged."""
+        """Drop `.tmp` files (older versions wrote through them): never acknowledged."""
         removed = 0
         for entry in os.scandir(self.path):
             if entry.name.endswith(_TMP_SUFFIX):

@@ -37,6 +37,8 @@ from smtpguard.spool.store import Store
 
 T = TypeVar("T")
 
+_COUNTED = [s.value for s in MessageState if not s.finished]
+
 # Each entry upgrades the schema by one version; PRAGMA user_version records
 # how many have been applied. Never edit an entry once released: append.
 MIGRATIONS: tuple[str, ...] = (
@@ -78,10 +80,12 @@ MIGRATIONS: tuple[str, ...] = (
 
 
 @dataclass
-class _PendingAccept:
-    message_row: tuple[Any, ...]
-    recipient_rows: list[tuple[Any, ...]]
-    future: asyncio.Future[None]
+class _Write:
+    """One change waiting for the next group commit."""
+
+    apply: Callable[[], Any]
+    future: asyncio.Future[Any]
+    needs_spool_sync: bool
 
 
 class SQLiteStore(Store):
@@ -91,14 +95,69 @@ class SQLiteStore(Store):
         self.spool = SpoolFolder(data_dir / "spool")
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
         self._conn: sqlite3.Connection | None = None
-        self._pending: list[_PendingAccept] = []
+        self._pending: list[_Write] = []
         self._pending_lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- plumbing ---------------------------------------------------------
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, partial(fn, *args))
+
+    async def _write(self, fn: Callable[..., T], *args: Any, spool_sync: bool = False) -> T:
+        """Run `fn` inside the next group commit; return once that commit is done.
+
+        With `spool_sync` the commit is also made durable (folder and WAL fsync'd):
+        that is what a new message needs before its 250.
+
+        Every change waiting when the store thread becomes free goes into one
+        transaction, so under load many messages share one fsync.
+        """
+        loop = asyncio.get_running_loop()
+        write = _Write(partial(fn, *args), loop.create_future(), spool_sync)
+        with self._pending_lock:
+            self._pending.append(write)
+            first = len(self._pending) == 1
+        if first:
+            loop.run_in_executor(self._executor, self._commit_pending, loop)
+        result: T = await write.future
+        return result
+
+    def _commit_pending(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._pending_lock:
+            batch, self._pending = self._pending, []
+        if not batch:
+            return
+        results: list[tuple[Any, BaseException | None]] = []
+        durable = any(w.needs_spool_sync for w in batch)
+        try:
+            if durable:
+                self.spool.sync()
+            # FULL fsyncs the WAL at COMMIT, and with it every earlier commit.
+            # Without it a state change can be lost to a power cut (never to a
+            # crash), which at worst means a message is delivered twice.
+            self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for write in batch:
+                    # A savepoint per change: one bad change fails alone.
+                    self._db.execute("SAVEPOINT change")
+                    try:
+                        results.append((write.apply(), None))
+                    except Exception as exc:
+                        self._db.execute("ROLLBACK TO change")
+                        results.append((None, exc))
+                    self._db.execute("RELEASE change")
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+        except BaseException as exc:
+            results = [(None, exc)] * len(batch)
+        for write, (value, error) in zip(batch, results, strict=True):
+            loop.call_soon_threadsafe(_settle, write.future, value, error)
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -114,8 +173,9 @@ class SQLiteStore(Store):
                 path.chmod(FILE_MODE)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
-        # FULL: a commit is on disk before we answer 250 for what it holds.
-        conn.execute("PRAGMA synchronous=FULL")
+        # Commits that hold a new message run with synchronous=FULL (see
+        # _commit_pending); the rest need not wait for the disk.
+        conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=10000")
         self._conn = conn
@@ -187,49 +247,25 @@ class SQLiteStore(Store):
                 zip(envelope.recipients, states, strict=True)
             )
         ]
-        loop = asyncio.get_running_loop()
-        pending = _PendingAccept(message_row, recipient_rows, loop.create_future())
-        with self._pending_lock:
-            self._pending.append(pending)
-            first = len(self._pending) == 1
-        if first:
-            loop.run_in_executor(self._executor, self._commit_pending, loop)
         try:
-            await pending.future
+            await self._write(self._insert, message_row, recipient_rows, spool_sync=True)
         except BaseException:
             await asyncio.to_thread(self.spool.remove, message_id)
             raise
 
-    def _commit_pending(self, loop: asyncio.AbstractEventLoop) -> None:
-        with self._pending_lock:
-            batch, self._pending = self._pending, []
-        if not batch:
-            return
-        error: BaseException | None = None
-        try:
-            self.spool.sync()
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany(
-                    "INSERT INTO messages (id, state, origin, sender, client_address,"
-                    " client_name, smtputf8, body_8bit, tls, mail_options, size, received_at,"
-                    " updated_at, expires_at, next_attempt_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [p.message_row for p in batch],
-                )
-                self._db.executemany(
-                    "INSERT INTO recipients (message_id, position, address, state, updated_at)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    [row for p in batch for row in p.recipient_rows],
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-        except BaseException as exc:
-            error = exc
-        for pending in batch:
-            loop.call_soon_threadsafe(_settle, pending.future, error)
+    def _insert(self, message_row: tuple[Any, ...], recipient_rows: list[tuple[Any, ...]]) -> None:
+        self._db.execute(
+            "INSERT INTO messages (id, state, origin, sender, client_address,"
+            " client_name, smtputf8, body_8bit, tls, mail_options, size, received_at,"
+            " updated_at, expires_at, next_attempt_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            message_row,
+        )
+        self._db.executemany(
+            "INSERT INTO recipients (message_id, position, address, state, updated_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            recipient_rows,
+        )
 
     # -- reading ----------------------------------------------------------
 
@@ -293,7 +329,12 @@ class SQLiteStore(Store):
         return await self._run(self._messages, states, limit)
 
     def _counts(self) -> QueueCounts:
-        rows = self._db.execute("SELECT state, count(*) FROM messages GROUP BY state")
+        # Finished messages are history; counting them would scan the whole table.
+        marks = ",".join("?" * len(_COUNTED))
+        rows = self._db.execute(
+            f"SELECT state, count(*) FROM messages WHERE state IN ({marks}) GROUP BY state",  # noqa: S608
+            _COUNTED,
+        )
         return QueueCounts({MessageState(state): n for state, n in rows})
 
     async def counts(self) -> QueueCounts:
@@ -303,6 +344,7 @@ class SQLiteStore(Store):
         return self.spool.free_bytes()
 
     # -- changing state ---------------------------------------------------
+    # Each _name function runs inside a group commit (see _write).
 
     def _set_state(
         self,
@@ -310,21 +352,19 @@ class SQLiteStore(Store):
         state: MessageState,
         recipient_states: dict[str, RecipientState] | None,
         next_attempt_at: float | None,
+        lease: tuple[str, float] | None,
     ) -> None:
         now = time.time()
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute(
-                "UPDATE messages SET state = ?, updated_at = ?, next_attempt_at = ?,"
-                " lease_owner = NULL, lease_until = NULL WHERE id = ?",
-                (state.value, now, next_attempt_at, message_id),
-            )
-            for address, rstate in (recipient_states or {}).items():
-                self._db.execute(
-                    "UPDATE recipients SET state = ?, updated_at = ?"
-                    " WHERE message_id = ? AND address = ?",
-                    (rstate.value, now, message_id, address),
-                )
+        owner, until = lease if lease else (None, None)
+        self._db.execute(
+            "UPDATE messages SET state = ?, updated_at = ?, next_attempt_at = ?,"
+            " lease_owner = ?, lease_until = ? WHERE id = ?",
+            (state.value, now, next_attempt_at, owner, until, message_id),
+        )
+        self._db.executemany(
+            "UPDATE recipients SET state = ?, updated_at = ? WHERE message_id = ? AND address = ?",
+            [(r.value, now, message_id, a) for a, r in (recipient_states or {}).items()],
+        )
 
     async def set_state(
         self,
@@ -333,55 +373,54 @@ class SQLiteStore(Store):
         *,
         recipient_states: dict[str, RecipientState] | None = None,
         next_attempt_at: float | None = None,
+        lease: tuple[str, float] | None = None,
     ) -> None:
-        await self._run(self._set_state, message_id, state, recipient_states, next_attempt_at)
+        await self._write(
+            self._set_state, message_id, state, recipient_states, next_attempt_at, lease
+        )
 
     def _claim(self, message_id: str, owner: str, lease_seconds: float) -> bool:
         now = time.time()
         marks = ",".join("?" * len(DELIVERABLE))
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            cursor = self._db.execute(
-                f"UPDATE messages SET state = ?, lease_owner = ?, lease_until = ?, updated_at = ?"  # noqa: S608
-                f" WHERE id = ? AND state IN ({marks})",
-                (
-                    MessageState.DELIVERING.value,
-                    owner,
-                    now + lease_seconds,
-                    now,
-                    message_id,
-                    *(s.value for s in DELIVERABLE),
-                ),
-            )
+        cursor = self._db.execute(
+            f"UPDATE messages SET state = ?, lease_owner = ?, lease_until = ?, updated_at = ?"  # noqa: S608
+            f" WHERE id = ? AND state IN ({marks})",
+            (
+                MessageState.DELIVERING.value,
+                owner,
+                now + lease_seconds,
+                now,
+                message_id,
+                *(s.value for s in DELIVERABLE),
+            ),
+        )
         return cursor.rowcount == 1
 
     async def claim(self, message_id: str, owner: str, lease_seconds: float) -> bool:
-        return await self._run(self._claim, message_id, owner, lease_seconds)
+        return await self._write(self._claim, message_id, owner, lease_seconds)
 
     def _claim_due(self, now: float, owner: str, lease_seconds: float, limit: int) -> list[str]:
         marks = ",".join("?" * len(DELIVERABLE))
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            rows = self._db.execute(
-                f"UPDATE messages SET state = ?, lease_owner = ?, lease_until = ?, updated_at = ?"  # noqa: S608
-                f" WHERE id IN (SELECT id FROM messages WHERE state IN ({marks})"
-                f" AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?) RETURNING id",
-                (
-                    MessageState.DELIVERING.value,
-                    owner,
-                    now + lease_seconds,
-                    now,
-                    *(s.value for s in DELIVERABLE),
-                    now,
-                    limit,
-                ),
-            ).fetchall()
+        rows = self._db.execute(
+            f"UPDATE messages SET state = ?, lease_owner = ?, lease_until = ?, updated_at = ?"  # noqa: S608
+            f" WHERE id IN (SELECT id FROM messages WHERE state IN ({marks})"
+            f" AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?) RETURNING id",
+            (
+                MessageState.DELIVERING.value,
+                owner,
+                now + lease_seconds,
+                now,
+                *(s.value for s in DELIVERABLE),
+                now,
+                limit,
+            ),
+        ).fetchall()
         return [row[0] for row in rows]
 
     async def claim_due(
         self, now: float, owner: str, lease_seconds: float, limit: int
     ) -> list[str]:
-        return await self._run(self._claim_due, now, owner, lease_seconds, limit)
+        return await self._write(self._claim_due, now, owner, lease_seconds, limit)
 
     def _record_attempt(
         self,
@@ -391,18 +430,16 @@ class SQLiteStore(Store):
         next_attempt_at: float | None,
     ) -> None:
         now = time.time()
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute(
-                "UPDATE messages SET state = ?, attempts = attempts + 1, next_attempt_at = ?,"
-                " updated_at = ?, lease_owner = NULL, lease_until = NULL WHERE id = ?",
-                (state.value, next_attempt_at, now, message_id),
-            )
-            self._db.executemany(
-                "UPDATE recipients SET state = ?, attempts = attempts + 1, last_reply = ?,"
-                " updated_at = ? WHERE message_id = ? AND address = ?",
-                [(o.state.value, o.reply, now, message_id, o.address) for o in outcomes],
-            )
+        self._db.execute(
+            "UPDATE messages SET state = ?, attempts = attempts + 1, next_attempt_at = ?,"
+            " updated_at = ?, lease_owner = NULL, lease_until = NULL WHERE id = ?",
+            (state.value, next_attempt_at, now, message_id),
+        )
+        self._db.executemany(
+            "UPDATE recipients SET state = ?, attempts = attempts + 1, last_reply = ?,"
+            " updated_at = ? WHERE message_id = ? AND address = ?",
+            [(o.state.value, o.reply, now, message_id, o.address) for o in outcomes],
+        )
 
     async def record_attempt(
         self,
@@ -411,24 +448,23 @@ class SQLiteStore(Store):
         state: MessageState,
         next_attempt_at: float | None,
     ) -> None:
-        await self._run(self._record_attempt, message_id, outcomes, state, next_attempt_at)
+        await self._write(self._record_attempt, message_id, outcomes, state, next_attempt_at)
 
     async def discard_content(self, message_id: str) -> None:
         await asyncio.to_thread(self.spool.remove, message_id)
 
-    def _recover(self) -> list[str]:
+    def _release_claims(self) -> None:
+        self._db.execute(
+            "UPDATE messages SET state = ?, lease_owner = NULL, lease_until = NULL WHERE state = ?",
+            (MessageState.QUEUED.value, MessageState.DELIVERING.value),
+        )
+
+    def _forget_unacknowledged(self) -> list[str]:
         self.spool.remove_partial_writes()
         known = {row[0] for row in self._db.execute("SELECT id FROM messages")}
         # A spool file without a row was never acknowledged: the client still has it.
         for orphan in set(self.spool.message_ids()) - known:
             self.spool.remove(orphan)
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute(
-                "UPDATE messages SET state = ?, lease_owner = NULL, lease_until = NULL"
-                " WHERE state = ?",
-                (MessageState.QUEUED.value, MessageState.DELIVERING.value),
-            )
         marks = ",".join("?" * len(UNFINISHED))
         rows = self._db.execute(
             f"SELECT id FROM messages WHERE state IN ({marks}) ORDER BY received_at",  # noqa: S608
@@ -437,25 +473,25 @@ class SQLiteStore(Store):
         return [row[0] for row in rows]
 
     async def recover(self) -> list[str]:
-        return await self._run(self._recover)
+        # One process owns a SQLite store, so at start every claim is stale.
+        await self._write(self._release_claims)
+        return await self._run(self._forget_unacknowledged)
 
     def _retry_now(self, now: float) -> int:
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            cursor = self._db.execute(
-                "UPDATE messages SET next_attempt_at = ? WHERE state = ?",
-                (now, MessageState.DEFERRED.value),
-            )
+        cursor = self._db.execute(
+            "UPDATE messages SET next_attempt_at = ? WHERE state = ?",
+            (now, MessageState.DEFERRED.value),
+        )
         return cursor.rowcount
 
     async def retry_now(self, now: float) -> int:
-        return await self._run(self._retry_now, now)
+        return await self._write(self._retry_now, now)
 
 
-def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
     if future.done():
         return
     if error is None:
-        future.set_result(None)
+        future.set_result(value)
     else:
         future.set_exception(error)

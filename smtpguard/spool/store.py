@@ -8,6 +8,7 @@ method is a coroutine: a backend must never block the event loop.
 from __future__ import annotations
 
 import abc
+import itertools
 import secrets
 import time
 from collections.abc import Sequence
@@ -22,10 +23,17 @@ from smtpguard.spool.model import (
     RecipientState,
 )
 
+_PROCESS_TAG = secrets.token_hex(2).upper()
+_sequence = itertools.count()
+
 
 def new_message_id() -> str:
-    """Sortable by arrival, unguessable, safe in file names and logs."""
-    return f"{time.time_ns() // 1000:013X}{secrets.token_hex(4).upper()}"
+    """Sortable by arrival, unique across processes and instances, safe in file names and logs.
+
+    Microseconds, then a per-process counter and a per-process random tag, so two
+    messages in the same microsecond, or from two relay processes, never collide.
+    """
+    return f"{time.time_ns() // 1000:013X}{next(_sequence) & 0xFFFF:04X}{_PROCESS_TAG}"
 
 
 class Store(abc.ABC):
@@ -63,7 +71,9 @@ class Store(abc.ABC):
         *,
         recipient_states: dict[str, RecipientState] | None = None,
         next_attempt_at: float | None = None,
-    ) -> None: ...
+        lease: tuple[str, float] | None = None,
+    ) -> None:
+        """Move a message on; with `lease` (owner, until) it is also claimed for delivery."""
 
     @abc.abstractmethod
     async def claim(self, message_id: str, owner: str, lease_seconds: float) -> bool:
