@@ -1,7 +1,9 @@
 """Relay benchmark: smtpguard against the floor relay, over loopback, in one run.
 
-    /work/venv/bin/python bench/relay_bench.py [--duration 10] [--warmup 2]
+    /work/venv/bin/python bench/relay_bench.py [--duration 10] [--warmup 2] [--repeat 1]
         [--concurrency 1,20] [--scenarios plain,pdf] [--relays floor,smtpguard]
+
+(see bench/README.md; --help lists every option)
 
 For every scenario x concurrency, and for each relay in turn (interleaved, so
 both see the machine in the same state), one cell:
@@ -18,8 +20,9 @@ both see the machine in the same state), one cell:
 Reported per cell: messages/s accepted (accepted / wall time of the sending
 phase), p50/p99 latency from MAIL FROM to the 250 after DATA, peak memory of
 the relay (sum of VmHWM from /proc/PID/status over the relay and any child
-processes), relay CPU, sink count against accepted count, and the drain
-(time from the end of sending until the last message reached the sink).
+processes), relay CPU, CPU used by anything else on the machine, sink count
+against accepted count, and the drain (time from the end of sending until the
+last message reached the sink). With --repeat N, medians over N rounds.
 """
 
 from __future__ import annotations
@@ -56,7 +59,6 @@ RELAYS: tuple[str, ...] = ("floor", "smtpguard")
 HOST = "127.0.0.1"
 SAMPLE_EVERY = 0.1  # seconds between memory samples
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-MIB = 1024 * 1024
 
 
 # --------------------------------------------------------------------------- /proc
@@ -83,6 +85,30 @@ def _read_stat(pid: int) -> tuple[int, int, int] | None:
     fields = data[data.rfind(")") + 2 :].split()
     # fields[0] is state (field 3): ppid is field 4, utime 14, stime 15, starttime 22.
     return int(fields[1]), int(fields[11]) + int(fields[12]), int(fields[19])
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy (all CPUs), from /proc/stat."""
+    with open("/proc/stat") as fh:
+        fields = fh.readline().split()
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+def pid_cpu_seconds(pid: int) -> float:
+    stat = _read_stat(pid)
+    return stat[1] / CLK_TCK if stat is not None else 0.0
+
+
+def self_cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def process_tree(root: int) -> list[int]:
@@ -266,8 +292,14 @@ class Cell:
     peak_rss_sum_mib: float = 0.0
     procs: int = 0
     relay_cpu_s: float = 0.0
+    cpu_ms_per_msg: float | None = None
     relay_cpu_pct: float = 0.0
     loadgen_cpu_pct: float = 0.0
+    other_cpu_pct: float = 0.0  # CPU used on the machine by anything but this benchmark
+    round: int = 1
+    rounds: int = 1
+    rate_min: float = 0.0
+    rate_max: float = 0.0
     total_accepted: int = 0  # warm-up + measured
     sink_received: int = 0
     drained: bool = False
@@ -323,10 +355,11 @@ class Bench:
             time.sleep(0.005)
         return True
 
-    def run_cell(self, relay: str, scenario: str, concurrency: int) -> Cell:
+    def run_cell(self, relay: str, scenario: str, concurrency: int, rnd: int) -> Cell:
         args = self.args
         cell = Cell(relay, scenario, concurrency, message_bytes=template(scenario).size)
-        name = f"{relay}-{scenario}-c{concurrency}"
+        cell.round = rnd
+        name = f"{relay}-{scenario}-c{concurrency}" + (f"-r{rnd}" if args.repeat > 1 else "")
         data_dir = self.workdir / name
         data_dir.mkdir()
         log_path = self.workdir / f"{name}.log"
@@ -403,6 +436,7 @@ class Bench:
         result: dict[str, Any] | None = None
         cpu_start = 0.0
         measure_start = measure_end = 0.0
+        others: dict[str, float] = {}
         try:
             while result is None:
                 kind, value = self._wait_pipe(parent, monitor, proc, deadline)
@@ -417,9 +451,15 @@ class Bench:
                     monitor.sample()
                     cpu_start = monitor.cpu_seconds
                     measure_start = float(value)
+                    others["busy0"] = machine_busy_seconds()
+                    others["ours0"] = pid_cpu_seconds(sk.pid) + self_cpu_seconds() + cpu_start
                 elif kind == "measure_end":
                     measure_end = float(value)
                     monitor.sample()
+                    others["busy1"] = machine_busy_seconds()
+                    others["ours1"] = (
+                        pid_cpu_seconds(sk.pid) + self_cpu_seconds() + monitor.cpu_seconds
+                    )
                 elif kind == "result":
                     result = value
                 elif kind == "error":
@@ -432,6 +472,8 @@ class Bench:
                     cell.failed = "load generator timed out"
                     return
         finally:
+            if result is None and lg.is_alive():  # the cell failed: do not wait for it
+                lg.terminate()
             lg.join(10)
             if lg.is_alive():
                 lg.kill()
@@ -446,6 +488,10 @@ class Bench:
         cell.rate = float(measured["rate"])
         cell.latency_ms = dict(measured["latency_ms"])
         cell.loadgen_cpu_pct = 100 * float(measured["cpu_s"]) / max(cell.wall_s, 1e-9)
+        if len(others) == 4:
+            ours = others["ours1"] - others["ours0"] + float(measured["cpu_s"])
+            other = others["busy1"] - others["busy0"] - ours
+            cell.other_cpu_pct = max(0.0, 100 * other / max(measure_end - measure_start, 1e-9))
         if result["connected"] < cell.concurrency:
             cell.notes.append(f"only {result['connected']}/{cell.concurrency} clients connected")
         cell.total_accepted = int(warm["accepted"]) + cell.accepted
@@ -461,6 +507,7 @@ class Bench:
             cell.e2e_rate = cell.accepted / e2e_wall if e2e_wall > 0 else 0.0
             drained_at = last
         cell.relay_cpu_s = monitor.cpu_seconds - cpu_start
+        cell.cpu_ms_per_msg = 1000 * cell.relay_cpu_s / cell.accepted if cell.accepted else None
         window = max(drained_at - measure_start, 1e-9)
         cell.relay_cpu_pct = 100 * cell.relay_cpu_s / window
         cell.peak_mib = monitor.peak_mib
@@ -472,33 +519,96 @@ class Bench:
                 "(duplicates or bounces)"
             )
 
-    def run(self) -> list[Cell]:
-        cells: list[Cell] = []
+    def run(self, cells: list[Cell]) -> None:
+        """Run every cell (``--repeat`` rounds), appending to ``cells`` as it goes."""
         skip: dict[str, str] = {}
-        for scenario in self.args.scenarios:
-            for conc in self.args.concurrency:
-                for relay in self.args.relays:
-                    if relay in skip:
-                        size = template(scenario).size
-                        cells.append(Cell(relay, scenario, conc, size, failed=skip[relay]))
-                        continue
-                    print(f"-- {relay:9s} {scenario:5s} c={conc:<3d} ...", end=" ", flush=True)
-                    cell = self.run_cell(relay, scenario, conc)
-                    cells.append(cell)
-                    if cell.failed:
-                        print(f"FAILED: {cell.failed}", flush=True)
-                        print(_indent(cell.log), flush=True)
-                        if cell.failed.startswith(("did not start", "could not start")):
-                            skip[relay] = f"skipped: {cell.failed} in an earlier cell"
-                    else:
-                        print(
-                            f"{cell.rate:8.1f} msg/s  p50 {cell.latency_ms.get('p50', 0):7.2f} ms"
-                            f"  p99 {cell.latency_ms.get('p99', 0):7.2f} ms"
-                            f"  peak {cell.peak_mib:6.1f} MiB"
-                            f"  sink {cell.sink_received}/{cell.total_accepted}",
-                            flush=True,
-                        )
-        return cells
+        for rnd in range(1, self.args.repeat + 1):
+            for scenario in self.args.scenarios:
+                for conc in self.args.concurrency:
+                    for relay in self.args.relays:
+                        self._run_one(cells, skip, relay, scenario, conc, rnd)
+
+    def _run_one(
+        self,
+        cells: list[Cell],
+        skip: dict[str, str],
+        relay: str,
+        scenario: str,
+        conc: int,
+        rnd: int,
+    ) -> None:
+        if relay in skip:
+            size = template(scenario).size
+            cells.append(Cell(relay, scenario, conc, size, failed=skip[relay], round=rnd))
+            return
+        label = f"r{rnd} " if self.args.repeat > 1 else ""
+        print(f"-- {label}{relay:9s} {scenario:5s} c={conc:<3d} ...", end=" ", flush=True)
+        cell = self.run_cell(relay, scenario, conc, rnd)
+        cells.append(cell)
+        if cell.failed:
+            print(f"FAILED: {cell.failed}", flush=True)
+            print(_indent(cell.log), flush=True)
+            if cell.failed.startswith(("did not start", "could not start")):
+                skip[relay] = f"skipped: {cell.failed} in an earlier cell"
+        else:
+            print(
+                f"{cell.rate:8.1f} msg/s  p50 {cell.latency_ms.get('p50', 0):7.2f} ms"
+                f"  p99 {cell.latency_ms.get('p99', 0):7.2f} ms"
+                f"  peak {cell.peak_mib:6.1f} MiB"
+                f"  sink {cell.sink_received}/{cell.total_accepted}"
+                f"  other CPU {cell.other_cpu_pct:.0f}%",
+                flush=True,
+            )
+
+
+def aggregate(cells: list[Cell]) -> list[Cell]:
+    """One cell per relay x scenario x concurrency: medians over the rounds that ran.
+
+    Counts (accepted, sink, errors) are summed; peak memory and drain take the
+    worst round; rates, latencies and CPU take the median; a cell that failed in
+    every round is reported as its first failure.
+    """
+    groups: dict[tuple[str, str, int], list[Cell]] = {}
+    for c in cells:
+        groups.setdefault((c.relay, c.scenario, c.concurrency), []).append(c)
+    out: list[Cell] = []
+    for (relay, scenario, conc), group in groups.items():
+        ok = [c for c in group if not c.failed]
+        if not ok:
+            out.append(group[0])
+            continue
+        agg = Cell(relay, scenario, conc, message_bytes=ok[0].message_bytes, rounds=len(ok))
+        rates = [c.rate for c in ok]
+        agg.rate, agg.rate_min, agg.rate_max = median(rates), min(rates), max(rates)
+        agg.accepted = sum(c.accepted for c in ok)
+        agg.total_accepted = sum(c.total_accepted for c in ok)
+        agg.sink_received = sum(c.sink_received for c in ok)
+        agg.drained = all(c.drained for c in ok)
+        errors: dict[str, int] = {}
+        for c in ok:
+            for key, n in c.errors.items():
+                errors[key] = errors.get(key, 0) + n
+        agg.errors = errors
+        keys = set.intersection(*(set(c.latency_ms) for c in ok))
+        agg.latency_ms = {k: median([c.latency_ms[k] for c in ok]) for k in keys}
+        agg.peak_mib = max(c.peak_mib for c in ok)
+        agg.peak_rss_sum_mib = max(c.peak_rss_sum_mib for c in ok)
+        agg.procs = max(c.procs for c in ok)
+        per_msg = [c.cpu_ms_per_msg for c in ok if c.cpu_ms_per_msg is not None]
+        agg.cpu_ms_per_msg = median(per_msg) if per_msg else None
+        agg.relay_cpu_pct = median([c.relay_cpu_pct for c in ok])
+        agg.loadgen_cpu_pct = median([c.loadgen_cpu_pct for c in ok])
+        agg.other_cpu_pct = median([c.other_cpu_pct for c in ok])
+        drains = [c.drain_s for c in ok if c.drain_s is not None]
+        agg.drain_s = max(drains) if agg.drained and drains else None
+        if agg.drained:
+            agg.e2e_rate = median([c.e2e_rate for c in ok])
+        failures = [c for c in group if c.failed]
+        agg.notes = [f"round {c.round}: {n}" if len(group) > 1 else n for c in ok for n in c.notes]
+        agg.notes += [f"round {c.round} failed: {c.failed}" for c in failures]
+        agg.stop = "; ".join(sorted({c.stop for c in ok}))
+        out.append(agg)
+    return out
 
 
 def _indent(text: str) -> str:
@@ -521,8 +631,9 @@ def _ratio(a: float | None, b: float | None) -> str:
 def results_table(cells: list[Cell]) -> str:
     head = (
         "| relay | scenario | msg size | conc | msg/s | p50 ms | p99 ms | peak RSS MiB "
-        "| relay CPU ms/msg | relay CPU % | errors | sink / accepted | drain s | e2e msg/s |\n"
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|\n"
+        "| relay CPU ms/msg | relay CPU % | loadgen CPU % | other CPU % | errors "
+        "| sink / accepted | drain s | e2e msg/s |\n"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|\n"
     )
     rows: list[str] = []
     for c in cells:
@@ -530,17 +641,20 @@ def results_table(cells: list[Cell]) -> str:
         if c.failed:
             rows.append(
                 f"| {c.relay} | {c.scenario} | {size} | {c.concurrency} | "
-                f"{c.failed} | | | | | | | | | |"
+                f"{c.failed} | | | | | | | | | | | |"
             )
             continue
         errors = sum(c.errors.values())
         err = str(errors) if not errors else f"{errors} ({_errors_text(c.errors)})"
         sink_txt = f"{c.sink_received} / {c.total_accepted}" + ("" if c.drained else " NOT DRAINED")
-        cpu_per = 1000 * c.relay_cpu_s / c.accepted if c.accepted else None
+        rate = f"{c.rate:.1f}"
+        if c.rounds > 1:
+            rate += f" ({c.rate_min:.0f}-{c.rate_max:.0f})"
         rows.append(
-            f"| {c.relay} | {c.scenario} | {size} | {c.concurrency} | {c.rate:.1f} "
+            f"| {c.relay} | {c.scenario} | {size} | {c.concurrency} | {rate} "
             f"| {_fmt(c.latency_ms.get('p50'), 2)} | {_fmt(c.latency_ms.get('p99'), 2)} "
-            f"| {c.peak_mib:.1f} | {_fmt(cpu_per, 2)} | {c.relay_cpu_pct:.0f} | {err} "
+            f"| {c.peak_mib:.1f} | {_fmt(c.cpu_ms_per_msg, 2)} | {c.relay_cpu_pct:.0f} "
+            f"| {c.loadgen_cpu_pct:.0f} | {c.other_cpu_pct:.0f} | {err} "
             f"| {sink_txt} | {_fmt(c.drain_s, 3)} | {_fmt(c.e2e_rate if c.drained else None)} |"
         )
     return head + "\n".join(rows) + "\n"
@@ -564,8 +678,7 @@ def ratio_table(cells: list[Cell], relays: list[str]) -> str | None:
     ]
     for key in keys:
         f, g = floor[key], guard[key]
-        f_cpu = f.relay_cpu_s / f.accepted if f.accepted else None
-        g_cpu = g.relay_cpu_s / g.accepted if g.accepted else None
+        f_cpu, g_cpu = f.cpu_ms_per_msg, g.cpu_ms_per_msg
         lines.append(
             f"| {key[0]} | {key[1]} | {_ratio(g.rate, f.rate)} "
             f"| {_ratio(g.latency_ms.get('p50'), f.latency_ms.get('p50'))} "
@@ -637,6 +750,8 @@ def reproduce_command(args: argparse.Namespace) -> str:
         "--warmup",
         f"{args.warmup:g}",
     ]
+    if args.repeat > 1:
+        argv += ["--repeat", str(args.repeat)]
     if args.messages is not None:
         argv += ["--messages", str(args.messages)]
     else:
@@ -646,7 +761,8 @@ def reproduce_command(args: argparse.Namespace) -> str:
     return "cd " + shlex.quote(str(PROJECT_DIR)) + " && " + shlex.join(argv)
 
 
-def report(cells: list[Cell], args: argparse.Namespace, workdir: Path, elapsed: float) -> str:
+def report(raw: list[Cell], args: argparse.Namespace, workdir: Path, elapsed: float) -> str:
+    cells = aggregate(raw)
     out: list[str] = ["# smtpguard relay benchmark", ""]
     out += [
         "Loopback only: load generator -> relay -> capture sink, each in its own process, "
@@ -661,6 +777,10 @@ def report(cells: list[Cell], args: argparse.Namespace, workdir: Path, elapsed: 
         "- **relay CPU**: user+system CPU of the relay (and children) from the start of the "
         "measured phase until the sink had everything; ms per accepted message, and % of one "
         "core.",
+        "- **loadgen CPU %**: CPU of the load generator process during the sending phase (% of "
+        "one core), to show it is not the bottleneck; **other CPU %**: CPU used on the "
+        "machine by anything outside this benchmark during the sending phase (% of one "
+        "core): when it is high, that cell was disturbed.",
         "- **sink / accepted**: messages the sink received / messages the relay accepted "
         "(warm-up + measured); **drain s**: time from the last 250 to the last message at "
         "the sink; **e2e msg/s**: measured messages / (last message at sink - start of "
@@ -668,7 +788,13 @@ def report(cells: list[Cell], args: argparse.Namespace, workdir: Path, elapsed: 
         "",
         f"Warm-up {args.warmup:g} s per cell (then drained); measured phase "
         + (f"{args.messages} messages" if args.messages else f"{args.duration:g} s")
-        + f"; fresh relay and sink per cell; run took {elapsed:.0f} s.",
+        + "; fresh relay and sink per cell"
+        + (
+            f"; {args.repeat} rounds, medians shown (msg/s with min-max), worst peak RSS"
+            if args.repeat > 1
+            else ""
+        )
+        + f"; run took {elapsed:.0f} s.",
         "",
         results_table(cells),
     ]
@@ -724,6 +850,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="measure this many messages per cell instead of --duration",
     )
     p.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per cell")
+    p.add_argument(
+        "--repeat", type=int, default=1, help="rounds of every cell; medians are reported"
+    )
     p.add_argument("--concurrency", type=_csv(int), default=[1, 20], help="e.g. 1,20")
     p.add_argument("--scenarios", type=_csv(str, SCENARIOS), default=list(SCENARIOS))
     p.add_argument("--relays", type=_csv(str, RELAYS), default=list(RELAYS))
@@ -758,6 +887,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.duration <= 0 or args.warmup < 0 or (args.messages is not None and args.messages <= 0):
         p.error("--duration and --messages must be positive, --warmup not negative")
+    if not 1 <= args.repeat <= 20:
+        p.error("--repeat must be within 1..20")
     if any(c < 1 or c > 1000 for c in args.concurrency):
         p.error("--concurrency must be within 1..1000")
     return args
@@ -770,14 +901,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"work folder {workdir}; smtpguard command: {shlex.join(sg_cmd)}", flush=True)
     started = time.monotonic()
     cells: list[Cell] = []
+    complete = False
     try:
-        cells = Bench(args, workdir, sg_cmd).run()
+        Bench(args, workdir, sg_cmd).run(cells)
+        complete = True
     finally:
         elapsed = time.monotonic() - started
         text = report(cells, args, workdir, elapsed)
         print()
         print(text)
-        if not args.no_results:
+        if not complete:
+            print("(interrupted: partial results, results file not written)")
+        elif not args.no_results:
             args.results.write_text(text)
             print(f"(written to {args.results})")
         if args.keep or any(c.failed for c in cells):

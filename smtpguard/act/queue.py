@@ -307,6 +307,7 @@ class DeliveryQueue:
                 continue
             fields: dict[str, object] = {
                 "id": record.id,
+                "client": record.envelope.client_address,
                 "recipients": len(group),
                 "domains": _domains([o.address for o in group]),
                 "reply": reply_code(group[0].reply),
