@@ -119,6 +119,20 @@ class Relay:
             if verdict is not None
             else None
         )
+        # Shielded: once the store has the message, it is seen through even if
+        # the client hangs up before reading the 250.
+        return await asyncio.shield(
+            self._store(message_id, envelope, content, tls, recipient_states)
+        )
+
+    async def _store(
+        self,
+        message_id: str,
+        envelope: Envelope,
+        content: bytes,
+        tls: bool,
+        recipient_states: list[RecipientState] | None,
+    ) -> Receipt:
         state = _message_state(recipient_states) if recipient_states else MessageState.RECEIVED
         try:
             await self.store.accept(

@@ -102,6 +102,23 @@ def _compose(path: Path) -> yaml.Node | None:
         raise ConfigError([Problem(path, line, f"YAML syntax: {exc.problem}")]) from None
 
 
+def _duplicate_keys(node: yaml.Node | None, path: Path) -> list[Problem]:
+    """YAML lets a later key silently replace an earlier one; in a config that hides mistakes."""
+    problems: list[Problem] = []
+    if isinstance(node, yaml.MappingNode):
+        seen: set[object] = set()
+        for key_node, value_node in node.value:
+            if key_node.value in seen:
+                line = key_node.start_mark.line + 1
+                problems.append(Problem(path, line, f"{key_node.value}: key given twice"))
+            seen.add(key_node.value)
+            problems += _duplicate_keys(value_node, path)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            problems += _duplicate_keys(item, path)
+    return problems
+
+
 def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int:
     """Line of the deepest node along a pydantic error location."""
     line = node.start_mark.line + 1 if node is not None else 0
@@ -151,8 +168,13 @@ def _check_files(config: Config, node: yaml.Node | None, source: Path) -> list[P
         ]
     problems = []
     for loc, path in wanted:
-        if path is not None and not os.access(path, os.R_OK):
-            reason = "no such file" if not path.exists() else "file is not readable"
+        if path is not None and not (path.is_file() and os.access(path, os.R_OK)):
+            if not path.exists():
+                reason = "no such file"
+            elif not path.is_file():
+                reason = "not a file"
+            else:
+                reason = "file is not readable"
             problems.append(
                 Problem(source, _line_of(node, loc), f"{'.'.join(loc)}: {reason}: {path}")
             )
@@ -200,26 +222,36 @@ def _apply(config: Config, overrides: Overrides, source: Path) -> Config:
         server_update["mode"] = overrides.mode
     if overrides.data_dir:
         store_update["data_dir"] = overrides.data_dir.absolute()
-    return config.model_copy(
-        update={
-            "server": config.server.model_copy(update=server_update),
-            "upstream": config.upstream.model_copy(update=upstream_update),
-            "store": config.store.model_copy(update=store_update),
-        }
-    )
+    data = config.model_dump()
+    data["server"].update(server_update)
+    data["upstream"].update(upstream_update)
+    data["store"].update(store_update)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = [Problem(source, 0, f"command line: {_describe(e)}") for e in exc.errors()]
+        raise ConfigError(problems) from None
 
 
 def load_config(path: Path, overrides: Overrides | None = None) -> Config:
     """Read, validate and resolve a config file; raise ConfigError with every problem."""
     node = _compose(path)
+    duplicates = _duplicate_keys(node, path)
+    if duplicates:
+        raise ConfigError(duplicates)
     data = yaml.safe_load(path.read_text(encoding="utf-8")) if node else None
     if not isinstance(data, dict):
         raise ConfigError([Problem(path, 1, "config must be a mapping of sections (server:, ...)")])
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
+        errors = exc.errors()
+        # An invalid entry also leaves a list too short; the entry's own error says it all.
+        item_errors = {tuple(e["loc"][:-1]) for e in errors if isinstance(e["loc"][-1], int)}
         problems = [
-            Problem(path, _line_of(node, tuple(err["loc"])), _describe(err)) for err in exc.errors()
+            Problem(path, _line_of(node, tuple(err["loc"])), _describe(err))
+            for err in errors
+            if not (err["type"] == "too_short" and tuple(err["loc"]) in item_errors)
         ]
         raise ConfigError(problems) from None
     config = _with_resolved_paths(config, path.parent.absolute())

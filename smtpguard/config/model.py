@@ -14,7 +14,16 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-_SIZE_UNITS = {"": 1, "B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
+_SIZE_UNITS = {
+    "": 1,
+    "B": 1,
+    "K": 1024,
+    "KB": 1024,
+    "M": 1024**2,
+    "MB": 1024**2,
+    "G": 1024**3,
+    "GB": 1024**3,
+}
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -37,15 +46,19 @@ def _parse_duration(value: object) -> object:
 
 
 def _parse_network(value: object) -> object:
-    if isinstance(value, str):
-        try:
-            return ipaddress.ip_network(value.strip(), strict=True)
-        except ValueError as exc:
-            raise ValueError(f"not a CIDR network: {value!r} ({exc})") from None
-    return value
+    if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"not a CIDR network: {value!r} (write it as text, e.g. 10.0.0.0/8)")
+    try:
+        return ipaddress.ip_network(value.strip(), strict=True)
+    except ValueError as exc:
+        raise ValueError(f"not a CIDR network: {value!r} ({exc})") from None
 
 
-Size = Annotated[int, BeforeValidator(_parse_size), Field(gt=0)]
+# Strict: YAML's `true` or `yes` must not become the count 1.
+Count = Annotated[int, Field(strict=True)]
+Size = Annotated[int, BeforeValidator(_parse_size), Field(gt=0, strict=True)]
 Seconds = Annotated[float, BeforeValidator(_parse_duration), Field(gt=0)]
 Network = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, BeforeValidator(_parse_network)]
 
@@ -97,8 +110,8 @@ class ServerConfig(_Section):
     mode: Literal["after-queue", "before-queue"] = "after-queue"
     allowed_clients: tuple[Network, ...] = Field(min_length=1)
     max_message_size: Size = 50 * 1024**2
-    max_recipients: int = Field(default=100, ge=1)
-    max_sessions: int = Field(default=100, ge=1)
+    max_recipients: Count = Field(default=100, ge=1)
+    max_sessions: Count = Field(default=100, ge=1)
     command_timeout: Seconds = 300.0
     data_timeout: Seconds = 600.0
     drain_timeout: Seconds = 30.0
@@ -107,14 +120,14 @@ class ServerConfig(_Section):
 
 class UpstreamConfig(_Section):
     host: str = "127.0.0.1"
-    port: int = Field(default=10026, ge=1, le=65535)
+    port: Count = Field(default=10026, ge=1, le=65535)
     security: Literal["none", "starttls", "tls"] = "none"
     verify_certificate: bool = True
     ca_file: Path | None = None
     username: str | None = None
     password_file: Path | None = None
     timeout: Seconds = 60.0
-    max_connections: int = Field(default=10, ge=1, le=1000)
+    max_connections: Count = Field(default=10, ge=1, le=1000)
     reuse_connections: bool = True
     idle_timeout: Seconds = 30.0
     helo_name: str | None = None
@@ -138,7 +151,7 @@ class StoreConfig(_Section):
     backend: Literal["sqlite"] = "sqlite"
     data_dir: Path = Path("/var/lib/smtpguard")
     min_free_disk: Size = 512 * 1024**2
-    max_queue: int = Field(default=50_000, ge=1)
+    max_queue: Count = Field(default=50_000, ge=1)
 
 
 class LoggingConfig(_Section):

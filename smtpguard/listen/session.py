@@ -338,8 +338,12 @@ def _split_path(text: str) -> tuple[str, str] | None:
     if end is None:
         return None
     address = text[1:end]
-    if address.startswith("@") and ":" in address:
+    if address.startswith("@"):
+        if ":" not in address:
+            return None
         address = address.split(":", 1)[1]  # drop an RFC 5321 source route
+        if not address:
+            return None  # a route to nowhere is not the null sender
     return address, text[end + 1 :].strip()
 
 

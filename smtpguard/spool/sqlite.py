@@ -221,9 +221,11 @@ class SQLiteStore(Store):
         expires_at: float,
         recipient_states: Sequence[RecipientState] | None = None,
     ) -> None:
+        states = recipient_states or [RecipientState.PENDING] * len(envelope.recipients)
+        if len(states) != len(envelope.recipients):
+            raise ValueError("one recipient state per envelope recipient")
         await asyncio.to_thread(self.spool.write, message_id, content)
         now = time.time()
-        states = recipient_states or [RecipientState.PENDING] * len(envelope.recipients)
         message_row = (
             message_id,
             state.value,
@@ -247,8 +249,18 @@ class SQLiteStore(Store):
                 zip(envelope.recipients, states, strict=True)
             )
         ]
+        commit = asyncio.ensure_future(
+            self._write(self._insert, message_row, recipient_rows, spool_sync=True)
+        )
         try:
-            await self._write(self._insert, message_row, recipient_rows, spool_sync=True)
+            # Shielded: if the caller goes away mid-commit, the row and the file
+            # must still end up agreeing (both there, or neither).
+            await asyncio.shield(commit)
+        except asyncio.CancelledError:
+            await asyncio.wait([commit])
+            if commit.cancelled() or commit.exception() is not None:
+                await asyncio.to_thread(self.spool.remove, message_id)
+            raise
         except BaseException:
             await asyncio.to_thread(self.spool.remove, message_id)
             raise
@@ -355,6 +367,8 @@ class SQLiteStore(Store):
         lease: tuple[str, float] | None,
     ) -> None:
         now = time.time()
+        if next_attempt_at is None and state in DELIVERABLE:
+            next_attempt_at = now  # otherwise no queue check would ever find it
         owner, until = lease if lease else (None, None)
         self._db.execute(
             "UPDATE messages SET state = ?, updated_at = ?, next_attempt_at = ?,"
