@@ -50,8 +50,11 @@ def received_header(envelope: Envelope, hostname: str, message_id: str) -> bytes
     """The one header smtpguard adds on the way through (RFC 5321 4.4)."""
     helo = _HELO_UNSAFE.sub("", envelope.client_name)[:255] or "unknown"
     protocol = ("UTF8SMTP" if envelope.smtputf8 else "ESMTP") + ("S" if envelope.tls else "")
+    literal = envelope.client_address
+    if ":" in literal:
+        literal = f"IPv6:{literal}"  # RFC 5321 4.1.3 address literal
     return (
-        f"Received: from {helo} ([{envelope.client_address}])\r\n"
+        f"Received: from {helo} ([{literal}])\r\n"
         f"\tby {hostname} (smtpguard) with {protocol} id {message_id};\r\n"
         f"\t{formatdate(envelope.received_at, localtime=False)}\r\n"
     ).encode("ascii")

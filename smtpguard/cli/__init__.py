@@ -113,6 +113,7 @@ def _scan(args: argparse.Namespace) -> int:
             }
             for address, v in verdict.recipients.items()
         },
+        "cases": [],
         "findings": [
             {
                 "detector": f.detector,
