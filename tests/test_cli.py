@@ -1,0 +1,75 @@
+"""The command line, run as an administrator would run it: a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import write_config
+
+
+def _smtpguard(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "smtpguard", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_when_scan_of_clean_message_then_pass_and_exit_0(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    message = tmp_path / "clean.eml"
+    message.write_bytes(b"Subject: lunch\nFrom: j@northshire.gov.uk\n\nSandwiches at one.\n")
+    result = _smtpguard(
+        "scan",
+        str(message),
+        "--config",
+        str(config),
+        "--from",
+        "j@northshire.gov.uk",
+        "--to",
+        "a@example.org",
+        "--to",
+        "b@example.org",
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["verdict"] == "pass"
+    assert set(report["recipients"]) == {"a@example.org", "b@example.org"}
+    assert report["recipients"]["a@example.org"]["action"] == "pass"
+    assert report["findings"] == [] and report["errors"] == [] and report["cases"] == []
+
+
+def test_when_scan_file_missing_then_exit_2_with_reason(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    result = _smtpguard("scan", str(tmp_path / "nope.eml"), "--config", str(config))
+    assert result.returncode == 2
+    assert "No such file" in result.stderr
+
+
+def test_when_config_broken_then_every_command_exits_2(tmp_path: Path) -> None:
+    config = tmp_path / "smtpguard.yaml"
+    config.write_text("server:\n  allowed_clients: [127.0.0.0/8]\n  bogus: 1\n")
+    for args in (["check-config"], ["queue", "list"], ["serve"]):
+        result = _smtpguard(*args, "--config", str(config))
+        assert result.returncode == 2, args
+        assert f"{config}:3: server.bogus: unknown key" in result.stderr, args
+
+
+def test_when_config_from_environment_then_used(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "smtpguard", "check-config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={"SMTPGUARD_CONFIG": str(config), "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert str(config) in result.stdout
