@@ -288,7 +288,21 @@ class RelayService:
         self._stop = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
 
-    async def start(self) -> tuple[str, int]:
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+        loop.add_signal_handler(signal.SIGINT, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+
+    def _remove_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+
+    async def start(self, *, handle_signals: bool = False) -> tuple[str, int]:
+        """With `handle_signals`, signals are handled before readiness is announced."""
+        if handle_signals:
+            self._install_signal_handlers()
         await self.store.open()
         resumed = await self.relay.resume()
         self.queue.start()
@@ -344,15 +358,10 @@ class RelayService:
         return True
 
     async def run_until_stopped(self) -> None:
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
-        loop.add_signal_handler(signal.SIGINT, self.request_stop)
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
         try:
             await self._stop.wait()
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                loop.remove_signal_handler(sig)
+            self._remove_signal_handlers()
         await self.shutdown()
 
     async def shutdown(self) -> None:
@@ -382,7 +391,7 @@ def run_relay(
 
     async def main() -> None:
         service = RelayService(config_path, overrides, config)
-        address = await service.start()
+        address = await service.start(handle_signals=True)
         if on_ready is not None:
             on_ready(address)
         await service.run_until_stopped()

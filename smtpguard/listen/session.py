@@ -102,9 +102,7 @@ class GuardSMTP(SMTP):
             if refusal is not None:
                 self._refused = True
                 self.event_handler.session_refused(peer, refusal)
-                assert isinstance(transport, asyncio.Transport)
-                transport.write(refusal.encode() + b"\r\n")
-                transport.close()
+                _write_and_close(transport, refusal)
                 return
             self.registry.add(self)
         super().connection_made(transport)
@@ -122,10 +120,8 @@ class GuardSMTP(SMTP):
         return result
 
     def close_with(self, reply: str) -> None:
-        transport = self.transport
-        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
-            transport.write(reply.encode() + b"\r\n")
-            transport.close()
+        if self.transport is not None:
+            _write_and_close(self.transport, reply)
 
     def current(self) -> tuple[Session, Envelope]:
         """The session and envelope, which aiosmtpd types as optional but sets on connect."""
@@ -327,6 +323,16 @@ class GuardSMTP(SMTP):
         await self.push(status)
         if self.registry.draining:
             self.close_with(replies.R421_SHUTTING_DOWN)
+
+
+def _write_and_close(transport: asyncio.BaseTransport, reply: str) -> None:
+    """Duck-typed: uvloop's transports do not derive from asyncio's classes."""
+    if transport.is_closing():
+        return
+    write = getattr(transport, "write", None)
+    if write is not None:
+        write(reply.encode() + b"\r\n")
+    transport.close()
 
 
 def _split_path(text: str) -> tuple[str, str] | None:
