@@ -155,29 +155,38 @@ def _resolve(base: Path, path: Path) -> Path:
     return path if path.is_absolute() else (base / path)
 
 
-def _check_files(config: Config, node: yaml.Node | None, source: Path) -> list[Problem]:
-    """Files the config names must exist and be readable now, not at first use."""
-    wanted: list[tuple[tuple[str, ...], Path | None]] = [
-        (("upstream", "ca_file"), config.upstream.ca_file),
-        (("upstream", "password_file"), config.upstream.password_file),
-    ]
-    if config.server.tls is not None:
-        wanted += [
-            (("server", "tls", "certificate"), config.server.tls.certificate),
-            (("server", "tls", "key"), config.server.tls.key),
-        ]
+# Settings that name a file the relay must be able to read.
+_FILE_SETTINGS = (
+    ("upstream", "ca_file"),
+    ("upstream", "password_file"),
+    ("server", "tls", "certificate"),
+    ("server", "tls", "key"),
+)
+
+
+def _check_files(data: dict[str, Any], node: yaml.Node | None, source: Path) -> list[Problem]:
+    """Files the config names must be readable now, not at first use.
+
+    Read from the raw YAML, so a missing file is reported together with any
+    other problem in the same file.
+    """
     problems = []
-    for loc, path in wanted:
-        if path is not None and not (path.is_file() and os.access(path, os.R_OK)):
-            if not path.exists():
-                reason = "no such file"
-            elif not path.is_file():
-                reason = "not a file"
-            else:
-                reason = "file is not readable"
-            problems.append(
-                Problem(source, _line_of(node, loc), f"{'.'.join(loc)}: {reason}: {path}")
-            )
+    for loc in _FILE_SETTINGS:
+        value: Any = data
+        for key in loc:
+            value = value.get(key) if isinstance(value, dict) else None
+        if not isinstance(value, str):
+            continue  # absent, or the wrong type: validation reports that
+        path = _resolve(source.parent.absolute(), Path(value))
+        if path.is_file() and os.access(path, os.R_OK):
+            continue
+        if not path.exists():
+            reason = "no such file"
+        elif not path.is_file():
+            reason = "not a file"
+        else:
+            reason = "file is not readable"
+        problems.append(Problem(source, _line_of(node, loc), f"{'.'.join(loc)}: {reason}: {path}"))
     return problems
 
 
@@ -242,6 +251,7 @@ def load_config(path: Path, overrides: Overrides | None = None) -> Config:
     data = yaml.safe_load(path.read_text(encoding="utf-8")) if node else None
     if not isinstance(data, dict):
         raise ConfigError([Problem(path, 1, "config must be a mapping of sections (server:, ...)")])
+    file_problems = _check_files(data, node, path)
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
@@ -253,9 +263,8 @@ def load_config(path: Path, overrides: Overrides | None = None) -> Config:
             for err in errors
             if not (err["type"] == "too_short" and tuple(err["loc"]) in item_errors)
         ]
-        raise ConfigError(problems) from None
+        raise ConfigError(sorted(problems + file_problems, key=lambda p: p.line)) from None
+    if file_problems:
+        raise ConfigError(file_problems)
     config = _with_resolved_paths(config, path.parent.absolute())
-    problems = _check_files(config, node, path)
-    if problems:
-        raise ConfigError(problems)
     return _apply(config, overrides or Overrides(), path)
