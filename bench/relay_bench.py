@@ -722,8 +722,31 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
+def _source_state() -> str:
+    """The commit of the project tree and whether smtpguard/ has uncommitted changes."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(PROJECT_DIR), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(PROJECT_DIR), "status", "--porcelain", "--", "smtpguard"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown (no git)"
+    return (head or "no commit yet") + (" + uncommitted changes in smtpguard/" if dirty else "")
+
+
 def machine_facts(workdir: Path) -> list[str]:
     return [
+        f"smtpguard source: {_source_state()}",
         f"date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M:%S UTC')}",
         f"nproc: {len(os.sched_getaffinity(0))} (cpu_count {os.cpu_count()}), {_cpu_model()}",
         f"memory: {_mem_total()}",
