@@ -200,15 +200,20 @@ class Relay:
             if state is not MessageState.QUEUED:
                 await self.store.set_state(message_id, state, recipient_states=states)
                 return
-            # Straight to delivery: the verdict and the claim in one commit.
-            lease = self.queue.lease()
-            await self.store.set_state(
-                message_id,
-                MessageState.DELIVERING,
-                recipient_states=states,
-                next_attempt_at=now,
-                lease=lease,
-            )
+            held_back = any(s is not RecipientState.PENDING for s in states.values())
+            if held_back:
+                # Some recipients wait or are refused: record that, and claim the
+                # rest for delivery, in one commit.
+                await self.store.set_state(
+                    message_id,
+                    MessageState.DELIVERING,
+                    recipient_states=states,
+                    next_attempt_at=now,
+                    lease=self.queue.lease(),
+                )
+            # A message every recipient may have goes straight to delivery: the
+            # attempt's own commit records the outcome. It stays RECEIVED in the
+            # store meanwhile, so a crash means it is scanned and sent again.
             record = MessageRecord(
                 id=message_id,
                 state=MessageState.DELIVERING,

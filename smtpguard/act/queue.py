@@ -215,14 +215,13 @@ class DeliveryQueue:
                 for o in bounced
             ]
             await self.notify_sender(record, failures, content, expired=False)
-        if state.finished:
-            await self.store.discard_content(record.id)
 
     async def _expire(self, record: MessageRecord, pending: Sequence[str], now: float) -> None:
         last = {r.address: r.last_reply for r in record.recipients}
         outcomes = [
             RecipientOutcome(a, RecipientState.EXPIRED, last.get(a) or "no reply") for a in pending
         ]
+        content = await self.store.content(record.id)
         await self.store.record_attempt(record.id, outcomes, MessageState.EXPIRED, None)
         log.warning(
             "message.expired",
@@ -232,9 +231,7 @@ class DeliveryQueue:
             attempts=record.attempts,
         )
         failures = [failed_recipient(o.address, o.reply, None, expired=True) for o in outcomes]
-        content = await self.store.content(record.id)
         await self.notify_sender(record, failures, content, expired=True)
-        await self.store.discard_content(record.id)
 
     async def notify_sender(
         self,

@@ -1,14 +1,17 @@
 """SQLite (WAL) store with a spool folder: the default, nothing to install.
 
-All database work happens on one dedicated thread that owns the connection,
-so the event loop never waits on SQLite or fsync. New messages are committed
-in groups: every message that arrives while a commit is running goes into the
-next one, with a single folder fsync and a single WAL fsync for the lot.
+The spool files are the durable truth (see files.py); the database indexes
+them and records what happened since. All database work happens on one
+dedicated thread that owns the connection, so the event loop never waits on
+SQLite or fsync. Changes are committed in groups: every change that arrives
+while a commit is running goes into the next one, with a single folder fsync
+for all the new messages in it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import threading
@@ -20,8 +23,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+import structlog
+
 from smtpguard.envelope import Envelope
-from smtpguard.spool.files import FILE_MODE, SpoolFolder, make_private_dir
+from smtpguard.spool.files import FILE_MODE, SpoolFolder, SpoolHeader, make_private_dir
 from smtpguard.spool.model import (
     DELIVERABLE,
     UNFINISHED,
@@ -36,6 +41,8 @@ from smtpguard.spool.model import (
 from smtpguard.spool.store import Store
 
 T = TypeVar("T")
+
+log = structlog.get_logger("smtpguard.spool")
 
 _COUNTED = [s.value for s in MessageState if not s.finished]
 
@@ -86,6 +93,7 @@ class _Write:
     apply: Callable[[], Any]
     future: asyncio.Future[Any]
     needs_spool_sync: bool
+    finished_id: str | None = None  # its spool file is removed once the commit is done
 
 
 class SQLiteStore(Store):
@@ -105,17 +113,28 @@ class SQLiteStore(Store):
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, partial(fn, *args))
 
-    async def _write(self, fn: Callable[..., T], *args: Any, spool_sync: bool = False) -> T:
+    async def _write(
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        spool_sync: bool = False,
+        finished_id: str | None = None,
+    ) -> T:
         """Run `fn` inside the next group commit; return once that commit is done.
 
-        With `spool_sync` the commit is also made durable (folder and WAL fsync'd):
-        that is what a new message needs before its 250.
+        With `spool_sync` the spool folder is fsync'd before the commit: that,
+        with the file's own fsync, is what a new message needs before its 250.
 
         Every change waiting when the store thread becomes free goes into one
         transaction, so under load many messages share one fsync.
         """
         loop = asyncio.get_running_loop()
-        write = _Write(partial(fn, *args), loop.create_future(), spool_sync)
+        write = _Write(
+            partial(fn, *args),
+            loop.create_future(),
+            spool_sync,
+            finished_id,
+        )
         with self._pending_lock:
             self._pending.append(write)
             first = len(self._pending) == 1
@@ -134,10 +153,6 @@ class SQLiteStore(Store):
         try:
             if durable:
                 self.spool.sync()
-            # FULL fsyncs the WAL at COMMIT, and with it every earlier commit.
-            # Without it a state change can be lost to a power cut (never to a
-            # crash), which at worst means a message is delivered twice.
-            self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 for write in batch:
@@ -157,6 +172,11 @@ class SQLiteStore(Store):
         except BaseException as exc:
             results = [(None, exc)] * len(batch)
         for write, (value, error) in zip(batch, results, strict=True):
+            if write.finished_id is not None and error is None:
+                # After the commit: a crash in between leaves a spare file, never a
+                # live message without its bytes. Finished mail is not kept.
+                with contextlib.suppress(OSError):
+                    self.spool.remove(write.finished_id)
             loop.call_soon_threadsafe(_settle, write.future, value, error)
 
     @property
@@ -173,8 +193,9 @@ class SQLiteStore(Store):
                 path.chmod(FILE_MODE)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
-        # Commits that hold a new message run with synchronous=FULL (see
-        # _commit_pending); the rest need not wait for the disk.
+        # NORMAL: a commit survives a crash of the process, not a power cut.
+        # What a power cut can lose is rebuilt from the spool files at start
+        # (a message is then seen through again: at least once, never lost).
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=10000")
@@ -224,31 +245,11 @@ class SQLiteStore(Store):
         states = recipient_states or [RecipientState.PENDING] * len(envelope.recipients)
         if len(states) != len(envelope.recipients):
             raise ValueError("one recipient state per envelope recipient")
-        await asyncio.to_thread(self.spool.write, message_id, content)
-        now = time.time()
-        message_row = (
-            message_id,
-            state.value,
-            origin.value,
-            envelope.sender,
-            envelope.client_address,
-            envelope.client_name,
-            int(envelope.smtputf8),
-            int(envelope.body_8bit),
-            int(envelope.tls),
-            json.dumps(list(envelope.mail_options)),
-            len(content),
-            envelope.received_at,
-            now,
-            expires_at,
-            now,
-        )
-        recipient_rows = [
-            (message_id, position, address, rstate.value, now)
-            for position, (address, rstate) in enumerate(
-                zip(envelope.recipients, states, strict=True)
-            )
-        ]
+        header = SpoolHeader(envelope, origin.value, expires_at)
+        # Files are written and fsync'd in parallel worker threads; the folder
+        # fsync and the row are shared by every message in the next group commit.
+        await asyncio.to_thread(self.spool.write, message_id, header, content)
+        message_row, recipient_rows = _rows(message_id, header, len(content), state, states)
         commit = asyncio.ensure_future(
             self._write(self._insert, message_row, recipient_rows, spool_sync=True)
         )
@@ -390,7 +391,13 @@ class SQLiteStore(Store):
         lease: tuple[str, float] | None = None,
     ) -> None:
         await self._write(
-            self._set_state, message_id, state, recipient_states, next_attempt_at, lease
+            self._set_state,
+            message_id,
+            state,
+            recipient_states,
+            next_attempt_at,
+            lease,
+            finished_id=message_id if state.finished else None,
         )
 
     def _claim(self, message_id: str, owner: str, lease_seconds: float) -> bool:
@@ -462,10 +469,14 @@ class SQLiteStore(Store):
         state: MessageState,
         next_attempt_at: float | None,
     ) -> None:
-        await self._write(self._record_attempt, message_id, outcomes, state, next_attempt_at)
-
-    async def discard_content(self, message_id: str) -> None:
-        await asyncio.to_thread(self.spool.remove, message_id)
+        await self._write(
+            self._record_attempt,
+            message_id,
+            outcomes,
+            state,
+            next_attempt_at,
+            finished_id=message_id if state.finished else None,
+        )
 
     def _release_claims(self) -> None:
         self._db.execute(
@@ -473,12 +484,30 @@ class SQLiteStore(Store):
             (MessageState.QUEUED.value, MessageState.DELIVERING.value),
         )
 
-    def _forget_unacknowledged(self) -> list[str]:
+    def _rebuild_missing_rows(self) -> list[str]:
+        """Spool files the index lost (a power cut): give them rows again, to be scanned."""
         self.spool.remove_partial_writes()
         known = {row[0] for row in self._db.execute("SELECT id FROM messages")}
-        # A spool file without a row was never acknowledged: the client still has it.
-        for orphan in set(self.spool.message_ids()) - known:
-            self.spool.remove(orphan)
+        rebuilt = []
+        for message_id in sorted(set(self.spool.message_ids()) - known):
+            try:
+                header = self.spool.read_header(message_id)
+            except (OSError, ValueError, KeyError) as exc:
+                # Left in place, unindexed, for an administrator to look at.
+                log.error("spool.unreadable", id=message_id, error=type(exc).__name__)
+                continue
+            origin = Origin(header.origin)
+            state = MessageState.QUEUED if origin is Origin.NOTICE else MessageState.RECEIVED
+            size = len(self.spool.read(message_id))
+            pending = [RecipientState.PENDING] * len(header.envelope.recipients)
+            row, recipient_rows = _rows(message_id, header, size, state, pending)
+            self._db.execute("BEGIN IMMEDIATE")
+            self._insert(row, recipient_rows)
+            self._db.execute("COMMIT")
+            rebuilt.append(message_id)
+        return rebuilt
+
+    def _unfinished(self) -> list[str]:
         marks = ",".join("?" * len(UNFINISHED))
         rows = self._db.execute(
             f"SELECT id FROM messages WHERE state IN ({marks}) ORDER BY received_at",  # noqa: S608
@@ -489,7 +518,8 @@ class SQLiteStore(Store):
     async def recover(self) -> list[str]:
         # One process owns a SQLite store, so at start every claim is stale.
         await self._write(self._release_claims)
-        return await self._run(self._forget_unacknowledged)
+        await self._run(self._rebuild_missing_rows)
+        return await self._run(self._unfinished)
 
     def _retry_now(self, now: float) -> int:
         cursor = self._db.execute(
@@ -500,6 +530,42 @@ class SQLiteStore(Store):
 
     async def retry_now(self, now: float) -> int:
         return await self._write(self._retry_now, now)
+
+
+def _rows(
+    message_id: str,
+    header: SpoolHeader,
+    size: int,
+    state: MessageState,
+    recipient_states: Sequence[RecipientState],
+) -> tuple[tuple[Any, ...], list[tuple[Any, ...]]]:
+    """The messages row and the recipients rows for a new message."""
+    now = time.time()
+    envelope = header.envelope
+    message_row = (
+        message_id,
+        state.value,
+        header.origin,
+        envelope.sender,
+        envelope.client_address,
+        envelope.client_name,
+        int(envelope.smtputf8),
+        int(envelope.body_8bit),
+        int(envelope.tls),
+        json.dumps(list(envelope.mail_options)),
+        size,
+        envelope.received_at,
+        now,
+        header.expires_at,
+        now,
+    )
+    recipient_rows = [
+        (message_id, position, address, rstate.value, now)
+        for position, (address, rstate) in enumerate(
+            zip(envelope.recipients, recipient_states, strict=True)
+        )
+    ]
+    return message_row, recipient_rows
 
 
 def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:

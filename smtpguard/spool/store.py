@@ -73,7 +73,11 @@ class Store(abc.ABC):
         next_attempt_at: float | None = None,
         lease: tuple[str, float] | None = None,
     ) -> None:
-        """Move a message on; with `lease` (owner, until) it is also claimed for delivery."""
+        """Move a message on; with `lease` (owner, until) it is also claimed for delivery.
+
+        A message moved to a finished state loses its bytes: mail that is done
+        with is not kept on the relay.
+        """
 
     @abc.abstractmethod
     async def claim(self, message_id: str, owner: str, lease_seconds: float) -> bool:
@@ -93,11 +97,10 @@ class Store(abc.ABC):
         state: MessageState,
         next_attempt_at: float | None,
     ) -> None:
-        """Store one delivery attempt's per-recipient outcomes and the new message state."""
+        """Store one delivery attempt's per-recipient outcomes and the new message state.
 
-    @abc.abstractmethod
-    async def discard_content(self, message_id: str) -> None:
-        """Remove a finished message's bytes; the record stays for history."""
+        As with set_state, a finished message's bytes are removed.
+        """
 
     @abc.abstractmethod
     async def recover(self) -> list[str]:

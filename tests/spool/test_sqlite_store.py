@@ -8,6 +8,7 @@ only to look at (or lock) the database the way another process would.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import sqlite3
@@ -189,7 +190,9 @@ async def test_when_accepted_then_content_returns_exact_bytes(
 ) -> None:
     message_id = await accept(store, content)
     assert await store.content(message_id) == content
-    assert spool_file(tmp_path, message_id).read_bytes() == content
+    header, _, body = spool_file(tmp_path, message_id).read_bytes().partition(b"\n")
+    assert body == content
+    assert json.loads(header)["recipients"] == list(make_envelope().recipients)
     record = await store.load(message_id)
     assert record is not None and record.size == len(content)
 
@@ -561,16 +564,35 @@ async def test_when_messages_then_filtered_by_state_oldest_first_and_limited(
     assert len(everything) == 6
 
 
-async def test_when_discard_content_then_file_gone_and_record_kept(
-    store: Store, tmp_path: Path
+@pytest.mark.parametrize(
+    "state, kept",
+    [
+        (MessageState.DEFERRED, True),
+        (MessageState.HELD, True),
+        (MessageState.DELIVERED, False),
+        (MessageState.BOUNCED, False),
+        (MessageState.EXPIRED, False),
+    ],
+)
+async def test_when_attempt_finishes_message_then_its_bytes_are_removed_and_record_kept(
+    store: Store, tmp_path: Path, state: MessageState, kept: bool
 ) -> None:
-    message_id = await accept(store, state=MessageState.DELIVERED)
-    await store.discard_content(message_id)
-    assert not spool_file(tmp_path, message_id).exists()
-    with pytest.raises(FileNotFoundError):
-        await store.content(message_id)
+    message_id = await accept(store)
+    outcome = RecipientOutcome("a@x.example", RecipientState.DELIVERED, "250 2.0.0 ok")
+    await store.record_attempt(message_id, [outcome], state, None)
+    assert spool_file(tmp_path, message_id).exists() is kept
     assert await store.load(message_id) is not None
-    await store.discard_content(message_id)  # a second discard is harmless
+    if not kept:
+        with pytest.raises(FileNotFoundError):
+            await store.content(message_id)
+
+
+async def test_when_set_state_rejected_then_bytes_removed(store: Store, tmp_path: Path) -> None:
+    message_id = await accept(store)
+    await store.set_state(message_id, MessageState.REJECTED)
+    assert not spool_file(tmp_path, message_id).exists()
+    record = await store.load(message_id)
+    assert record is not None and record.state is MessageState.REJECTED
 
 
 async def test_when_free_disk_bytes_then_positive(store: Store) -> None:
@@ -601,8 +623,8 @@ async def test_when_recover_then_stale_claims_reset_and_leftovers_removed(
     await first.close()
 
     spool = data_dir(tmp_path) / "spool"
-    orphan = new_message_id()
-    (spool / f"{orphan}.eml").write_bytes(b"never acknowledged")
+    unreadable = new_message_id()
+    (spool / f"{unreadable}.eml").write_bytes(b"not a spool file")
     (spool / f"{new_message_id()}.tmp").write_bytes(b"half a mess")
     (spool / f"{delivered}.tmp").write_bytes(b"a partial rewrite")
 
@@ -616,7 +638,9 @@ async def test_when_recover_then_stale_claims_reset_and_leftovers_removed(
         assert await second.claim(delivering, "new-worker", 60)
         names = {p.name for p in spool.iterdir()}
         expected = {delivering, received, queued, deferred, released, held, delivered}
-        assert names == {f"{message_id}.eml" for message_id in expected}
+        # Partial writes go; an unreadable file stays for an administrator, unindexed.
+        assert names == {f"{message_id}.eml" for message_id in {*expected, unreadable}}
+        assert await second.load(unreadable) is None
         for message_id in expected:
             assert await second.content(message_id) == b"Subject: x\r\n\r\nbody\r\n"
         assert await second.recover() == [delivering, received, queued, deferred, released]
@@ -762,6 +786,32 @@ async def test_when_accept_cancelled_during_commit_then_row_and_file_agree(
         blocker.close()
     record = await store.load(message_id)  # runs after the commit on the store's thread
     assert (record is not None) == spool_file(tmp_path, message_id).exists()
+
+
+async def test_when_index_lost_a_row_then_recover_rebuilds_it_from_the_spool_file(
+    tmp_path: Path,
+) -> None:
+    first = open_store("sqlite", data_dir(tmp_path))
+    await first.open()
+    envelope = make_envelope(("a@x.example", "b@y.example"), received_at=7.0)
+    message_id = await accept(first, b"Subject: kept\r\n\r\nbody\r\n", envelope=envelope)
+    await first.close()
+    # What a power cut can do to a commit that was not fsync'd: the row is gone.
+    with inspect_db(tmp_path) as db:
+        db.execute("DELETE FROM recipients WHERE message_id = ?", (message_id,))
+        db.execute("DELETE FROM messages WHERE id = ?", (message_id,))
+    second = open_store("sqlite", data_dir(tmp_path))
+    await second.open()
+    try:
+        assert await second.recover() == [message_id]
+        record = await second.load(message_id)
+        assert record is not None
+        assert record.state is MessageState.RECEIVED  # scanned again, never sent unscanned
+        assert record.envelope == envelope
+        assert record.expires_at == EXPIRES
+        assert await second.content(message_id) == b"Subject: kept\r\n\r\nbody\r\n"
+    finally:
+        await second.close()
 
 
 # -- message ids -----------------------------------------------------------------------
