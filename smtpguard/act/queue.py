@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import random
 import socket
@@ -295,12 +296,12 @@ class DeliveryQueue:
         for outcome in outcomes:
             by_state.setdefault(outcome.state, []).append(outcome)
         for rstate, event, level in (
-            (RecipientState.DELIVERED, "message.delivered", "info"),
-            (RecipientState.DEFERRED, "message.deferred", "warning"),
-            (RecipientState.BOUNCED, "message.bounced", "warning"),
+            (RecipientState.DELIVERED, "message.delivered", logging.INFO),
+            (RecipientState.DEFERRED, "message.deferred", logging.WARNING),
+            (RecipientState.BOUNCED, "message.bounced", logging.WARNING),
         ):
             group = by_state.get(rstate)
-            if not group:
+            if not group or not log.is_enabled_for(level):
                 continue
             fields: dict[str, object] = {
                 "id": record.id,
@@ -315,7 +316,7 @@ class DeliveryQueue:
             }
             if rstate is RecipientState.DEFERRED and next_attempt is not None:
                 fields["retry_in"] = round(next_attempt - now, 1)
-            getattr(log, level)(event, **fields)
+            log.log(level, event, **fields)
 
 
 def _domains(addresses: Sequence[str]) -> list[str]:

@@ -40,6 +40,8 @@ def _unfold(value: str) -> str:
 
 def _decoded(value: str) -> str:
     """RFC 2047 encoded-words decoded; undecodable input kept as it is."""
+    if "=?" not in value:
+        return value
     try:
         return str(make_header(decode_header(value)))
     except (ValueError, LookupError, UnicodeError):
@@ -48,8 +50,10 @@ def _decoded(value: str) -> str:
 
 def parse_message(raw: bytes) -> Document:
     """Never raises: a header block that cannot be read is recorded as an error."""
+    end = raw.find(b"\r\n\r\n")
+    header_block = raw if end == -1 else raw[: end + 2]
     try:
-        message = _HEADER_PARSER.parsebytes(raw)
+        message = _HEADER_PARSER.parsebytes(header_block)
         headers = tuple((name, _unfold(str(value))) for name, value in message.items())
         subject = _decoded(_unfold(str(message.get("Subject", ""))))
         errors = tuple(type(defect).__name__ for defect in message.defects)

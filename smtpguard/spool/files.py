@@ -2,9 +2,9 @@
 
 A spool file is one line of JSON describing the envelope, then the message
 bytes exactly as they will be relayed. It is written to `<id>.tmp`, fsync'd,
-and renamed to `<id>.eml`, so a file under its final name is always whole.
-The rename becomes durable when the folder is fsync'd, which the store does
-once per batch of new messages before it answers 250 for any of them.
+renamed to `<id>.eml` (so a file under its final name is always whole), and
+the folder is fsync'd to make the rename durable. Only then may the listener
+answer 250.
 
 The database is an index over these files: if it loses a row (a power cut
 after a commit that was not fsync'd), the row is rebuilt from the file on the
@@ -87,7 +87,7 @@ class SpoolFolder:
         return self.path / f"{message_id}{_SUFFIX}"
 
     def write(self, message_id: str, header: SpoolHeader, content: bytes) -> None:
-        """Write and fsync the file; the caller fsyncs the folder before acknowledging."""
+        """Write the message durably: when this returns, a crash cannot lose it."""
         final = self._final(message_id)
         if final.exists():
             raise FileExistsError(f"spool file for {message_id} exists")
@@ -105,6 +105,7 @@ class SpoolFolder:
             raise
         os.close(fd)
         os.rename(tmp, final)
+        self.sync()
 
     def sync(self) -> None:
         """Make renames and unlinks in the folder durable."""

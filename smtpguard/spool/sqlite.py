@@ -92,7 +92,6 @@ class _Write:
 
     apply: Callable[[], Any]
     future: asyncio.Future[Any]
-    needs_spool_sync: bool
     finished_id: str | None = None  # its spool file is removed once the commit is done
 
 
@@ -117,13 +116,10 @@ class SQLiteStore(Store):
         self,
         fn: Callable[..., T],
         *args: Any,
-        spool_sync: bool = False,
         finished_id: str | None = None,
     ) -> T:
         """Run `fn` inside the next group commit; return once that commit is done.
 
-        With `spool_sync` the spool folder is fsync'd before the commit: that,
-        with the file's own fsync, is what a new message needs before its 250.
 
         Every change waiting when the store thread becomes free goes into one
         transaction, so under load many messages share one fsync.
@@ -132,7 +128,6 @@ class SQLiteStore(Store):
         write = _Write(
             partial(fn, *args),
             loop.create_future(),
-            spool_sync,
             finished_id,
         )
         with self._pending_lock:
@@ -149,21 +144,21 @@ class SQLiteStore(Store):
         if not batch:
             return
         results: list[tuple[Any, BaseException | None]] = []
-        durable = any(w.needs_spool_sync for w in batch)
         try:
-            if durable:
-                self.spool.sync()
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                for write in batch:
-                    # A savepoint per change: one bad change fails alone.
-                    self._db.execute("SAVEPOINT change")
-                    try:
-                        results.append((write.apply(), None))
-                    except Exception as exc:
-                        self._db.execute("ROLLBACK TO change")
-                        results.append((None, exc))
-                    self._db.execute("RELEASE change")
+                if len(batch) == 1:
+                    results.append((batch[0].apply(), None))  # fails the transaction alone
+                else:
+                    for write in batch:
+                        # A savepoint per change: one bad change fails alone.
+                        self._db.execute("SAVEPOINT change")
+                        try:
+                            results.append((write.apply(), None))
+                        except Exception as exc:
+                            self._db.execute("ROLLBACK TO change")
+                            results.append((None, exc))
+                        self._db.execute("RELEASE change")
                 self._db.execute("COMMIT")
             except BaseException:
                 if self._db.in_transaction:
@@ -246,25 +241,26 @@ class SQLiteStore(Store):
         if len(states) != len(envelope.recipients):
             raise ValueError("one recipient state per envelope recipient")
         header = SpoolHeader(envelope, origin.value, expires_at)
-        # Files are written and fsync'd in parallel worker threads; the folder
-        # fsync and the row are shared by every message in the next group commit.
-        await asyncio.to_thread(self.spool.write, message_id, header, content)
         message_row, recipient_rows = _rows(message_id, header, len(content), state, states)
-        commit = asyncio.ensure_future(
-            self._write(self._insert, message_row, recipient_rows, spool_sync=True)
-        )
-        try:
-            # Shielded: if the caller goes away mid-commit, the row and the file
-            # must still end up agreeing (both there, or neither).
-            await asyncio.shield(commit)
-        except asyncio.CancelledError:
-            await asyncio.wait([commit])
-            if commit.cancelled() or commit.exception() is not None:
-                await asyncio.to_thread(self.spool.remove, message_id)
-            raise
-        except BaseException:
-            await asyncio.to_thread(self.spool.remove, message_id)
-            raise
+        # Shielded: once begun, an accept completes even if its caller goes away,
+        # so the file and its row always end up agreeing.
+        await asyncio.shield(self._accept(message_id, header, content, message_row, recipient_rows))
+
+    async def _accept(
+        self,
+        message_id: str,
+        header: SpoolHeader,
+        content: bytes,
+        message_row: tuple[Any, ...],
+        recipient_rows: list[tuple[Any, ...]],
+    ) -> None:
+        # The durable step, in a worker thread: file and folder fsync'd. Many run
+        # in parallel, so concurrent messages do not queue behind one another.
+        await asyncio.to_thread(self.spool.write, message_id, header, content)
+        # The index row is not waited for: the file already holds everything, and
+        # every later change of this store runs after this insert, in order.
+        index = asyncio.ensure_future(self._write(self._insert, message_row, recipient_rows))
+        index.add_done_callback(partial(_report_index_failure, message_id))
 
     def _insert(self, message_row: tuple[Any, ...], recipient_rows: list[tuple[Any, ...]]) -> None:
         self._db.execute(
@@ -566,6 +562,13 @@ def _rows(
         )
     ]
     return message_row, recipient_rows
+
+
+def _report_index_failure(message_id: str, index: asyncio.Future[None]) -> None:
+    if not index.cancelled() and index.exception() is not None:
+        # The message is safe in its spool file and is taken up again from it at
+        # the next start; until then it is not in the queue.
+        log.error("store.index_failed", id=message_id, error=type(index.exception()).__name__)
 
 
 def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
