@@ -82,6 +82,18 @@ class SpoolFolder:
     def __init__(self, path: Path) -> None:
         self.path = path
         make_private_dir(path)
+        # Kept open: the folder is fsync'd for every message.
+        self._dir_fd: int | None = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def _folder(self) -> int:
+        if self._dir_fd is None:
+            raise ValueError("spool folder is closed")
+        return self._dir_fd
+
+    def close(self) -> None:
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd = None
 
     def _final(self, message_id: str) -> Path:
         return self.path / f"{message_id}{_SUFFIX}"
@@ -94,10 +106,13 @@ class SpoolFolder:
         tmp = self.path / f"{message_id}{_TMP_SUFFIX}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
         try:
-            for chunk in (header.encode(), content):
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view) :]
+            chunks = [header.encode(), content]
+            written = os.writev(fd, chunks)
+            total = len(chunks[0]) + len(content)
+            if written < total:  # a short write: finish it the slow way
+                rest = memoryview(b"".join(chunks))[written:]
+                while rest:
+                    rest = rest[os.write(fd, rest) :]
             os.fsync(fd)
         except BaseException:
             os.close(fd)
@@ -109,11 +124,7 @@ class SpoolFolder:
 
     def sync(self) -> None:
         """Make renames and unlinks in the folder durable."""
-        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        os.fsync(self._folder())
 
     def read(self, message_id: str) -> bytes:
         """The message as it will be relayed (without the spool header)."""

@@ -44,6 +44,9 @@ T = TypeVar("T")
 
 log = structlog.get_logger("smtpguard.spool")
 
+# How long an accepted message's row may wait to be written with its outcome.
+_INDEX_DELAY = 0.5
+
 _COUNTED = [s.value for s in MessageState if not s.finished]
 
 # Each entry upgrades the schema by one version; PRAGMA user_version records
@@ -104,11 +107,14 @@ class SQLiteStore(Store):
         self._conn: sqlite3.Connection | None = None
         self._pending: list[_Write] = []
         self._pending_lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
+        # Accepted messages whose row is not written yet (loop thread only).
+        self._unindexed: dict[str, tuple[tuple[Any, ...], list[tuple[Any, ...]]]] = {}
 
     # -- plumbing ---------------------------------------------------------
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        """A read on the store thread; it sees every message accepted before it."""
+        self._index_all()
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, partial(fn, *args))
 
@@ -116,27 +122,49 @@ class SQLiteStore(Store):
         self,
         fn: Callable[..., T],
         *args: Any,
+        subject: str | None = None,
         finished_id: str | None = None,
     ) -> T:
         """Run `fn` inside the next group commit; return once that commit is done.
 
-
         Every change waiting when the store thread becomes free goes into one
-        transaction, so under load many messages share one fsync.
+        transaction. A change about one message (`subject`) that is not in the
+        index yet carries the message's row with it; any other change first
+        indexes every message accepted before it.
         """
+        apply: Callable[[], Any] = partial(fn, *args)
+        rows = self._unindexed.pop(subject, None) if subject is not None else None
+        if rows is not None:
+            apply = partial(_in_order, partial(self._insert, *rows), apply)
+        elif subject is None:
+            self._index_all()
+        result: T = await self._enqueue(apply, finished_id)
+        return result
+
+    def _enqueue(self, apply: Callable[[], Any], finished_id: str | None = None) -> Any:
         loop = asyncio.get_running_loop()
-        write = _Write(
-            partial(fn, *args),
-            loop.create_future(),
-            finished_id,
-        )
+        write = _Write(apply, loop.create_future(), finished_id)
         with self._pending_lock:
             self._pending.append(write)
             first = len(self._pending) == 1
         if first:
             loop.run_in_executor(self._executor, self._commit_pending, loop)
-        result: T = await write.future
-        return result
+        return write.future
+
+    def _index_later(self, message_id: str) -> None:
+        rows = self._unindexed.pop(message_id, None)
+        if rows is not None:
+            index = self._enqueue(partial(self._insert, *rows))
+            index.add_done_callback(partial(_report_index_failure, message_id))
+
+    def _index_all(self) -> list[asyncio.Future[Any]]:
+        pending = []
+        while self._unindexed:
+            message_id, rows = self._unindexed.popitem()
+            index = self._enqueue(partial(self._insert, *rows))
+            index.add_done_callback(partial(_report_index_failure, message_id))
+            pending.append(index)
+        return pending
 
     def _commit_pending(self, loop: asyncio.AbstractEventLoop) -> None:
         with self._pending_lock:
@@ -216,7 +244,10 @@ class SQLiteStore(Store):
         await self._run(self._open)
 
     async def close(self) -> None:
+        await asyncio.gather(*self._index_all(), return_exceptions=True)
+
         def _close() -> None:
+            self.spool.close()
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
@@ -257,10 +288,11 @@ class SQLiteStore(Store):
         # The durable step, in a worker thread: file and folder fsync'd. Many run
         # in parallel, so concurrent messages do not queue behind one another.
         await asyncio.to_thread(self.spool.write, message_id, header, content)
-        # The index row is not waited for: the file already holds everything, and
-        # every later change of this store runs after this insert, in order.
-        index = asyncio.ensure_future(self._write(self._insert, message_row, recipient_rows))
-        index.add_done_callback(partial(_report_index_failure, message_id))
+        # The file holds everything, so the index row can wait a moment: most
+        # messages are delivered within it, and their row is then written once,
+        # with the outcome, in the same commit (see _write).
+        self._unindexed[message_id] = (message_row, recipient_rows)
+        asyncio.get_running_loop().call_later(_INDEX_DELAY, self._index_later, message_id)
 
     def _insert(self, message_row: tuple[Any, ...], recipient_rows: list[tuple[Any, ...]]) -> None:
         self._db.execute(
@@ -393,6 +425,7 @@ class SQLiteStore(Store):
             recipient_states,
             next_attempt_at,
             lease,
+            subject=message_id,
             finished_id=message_id if state.finished else None,
         )
 
@@ -414,7 +447,7 @@ class SQLiteStore(Store):
         return cursor.rowcount == 1
 
     async def claim(self, message_id: str, owner: str, lease_seconds: float) -> bool:
-        return await self._write(self._claim, message_id, owner, lease_seconds)
+        return await self._write(self._claim, message_id, owner, lease_seconds, subject=message_id)
 
     def _claim_due(self, now: float, owner: str, lease_seconds: float, limit: int) -> list[str]:
         marks = ",".join("?" * len(DELIVERABLE))
@@ -471,6 +504,7 @@ class SQLiteStore(Store):
             outcomes,
             state,
             next_attempt_at,
+            subject=message_id,
             finished_id=message_id if state.finished else None,
         )
 
@@ -562,6 +596,13 @@ def _rows(
         )
     ]
     return message_row, recipient_rows
+
+
+def _in_order(*steps: Callable[[], Any]) -> Any:
+    result = None
+    for step in steps:
+        result = step()
+    return result
 
 
 def _report_index_failure(message_id: str, index: asyncio.Future[None]) -> None:

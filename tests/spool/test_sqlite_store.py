@@ -711,10 +711,16 @@ async def test_when_schema_is_newer_than_this_version_then_open_refused(tmp_path
 async def test_when_opened_then_store_is_safe_for_another_process_to_read(
     store: Store, tmp_path: Path
 ) -> None:
-    # WAL: a reader (the CLI, say) sees committed rows while the relay holds the DB open
+    # WAL: a reader (the CLI, say) sees committed rows while the relay holds the DB open.
+    # A new message's row is written within half a second (sooner with its outcome).
     message_id = await accept(store)
-    with inspect_db(tmp_path) as db:
-        row = db.execute("SELECT state FROM messages WHERE id = ?", (message_id,)).fetchone()
+    row = None
+    for _ in range(40):
+        with inspect_db(tmp_path) as db:
+            row = db.execute("SELECT state FROM messages WHERE id = ?", (message_id,)).fetchone()
+        if row is not None:
+            break
+        await asyncio.sleep(0.05)
     assert row == ("queued",)
 
 
