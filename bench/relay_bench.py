@@ -1,6 +1,6 @@
 """Relay benchmark: smtpguard against the floor relay, over loopback, in one run.
 
-    /work/venv/bin/python bench/relay_bench.py [--duration 10] [--warmup 2] [--repeat 1]
+    python bench/relay_bench.py [--duration 10] [--warmup 2] [--repeat 1]   # in the venv
         [--concurrency 1,20] [--scenarios plain,pdf] [--relays floor,smtpguard]
 
 (see bench/README.md; --help lists every option)
@@ -762,7 +762,7 @@ def machine_facts(workdir: Path) -> list[str]:
 
 def reproduce_command(args: argparse.Namespace) -> str:
     argv = [
-        sys.executable,
+        "python",
         "bench/relay_bench.py",
         "--relays",
         ",".join(args.relays),
@@ -781,7 +781,8 @@ def reproduce_command(args: argparse.Namespace) -> str:
         argv += ["--duration", f"{args.duration:g}"]
     if args.smtpguard_cmd:
         argv += ["--smtpguard-cmd", args.smtpguard_cmd]
-    return "cd " + shlex.quote(str(PROJECT_DIR)) + " && " + shlex.join(argv)
+    # From the project root, with the project's virtualenv active (. .venv/bin/activate).
+    return shlex.join(argv)
 
 
 def report(raw: list[Cell], args: argparse.Namespace, workdir: Path, elapsed: float) -> str:
@@ -842,7 +843,16 @@ def report(raw: list[Cell], args: argparse.Namespace, workdir: Path, elapsed: fl
             out += ["", "```", c.log, "```", ""]
         out.append("")
     out += ["## Machine", ""] + [f"- {fact}" for fact in machine_facts(workdir)] + [""]
-    out += ["## Reproduce", "", "```", reproduce_command(args), "```", ""]
+    out += [
+        "## Reproduce",
+        "",
+        "From the project root, in its virtualenv (`. .venv/bin/activate`):",
+        "",
+        "```",
+        reproduce_command(args),
+        "```",
+        "",
+    ]
     return "\n".join(out)
 
 
