@@ -21,6 +21,7 @@ from pathlib import Path
 
 import structlog
 
+from smtpguard.act.dsn import FailedRecipient
 from smtpguard.act.queue import DeliveryQueue, Job
 from smtpguard.act.upstream import Upstream
 from smtpguard.config import Config, ConfigError, Overrides, load_config
@@ -190,30 +191,6 @@ class Relay:
             }
             state = _message_state(list(states.values()))
             now = time.time()
-            if verdict.action is not Action.PASS:
-                log.info(
-                    "message.verdict",
-                    id=message_id,
-                    action=verdict.action.value,
-                    rules=_fired_rules(verdict),
-                )
-            if state is not MessageState.QUEUED:
-                await self.store.set_state(message_id, state, recipient_states=states)
-                return
-            held_back = any(s is not RecipientState.PENDING for s in states.values())
-            if held_back:
-                # Some recipients wait or are refused: record that, and claim the
-                # rest for delivery, in one commit.
-                await self.store.set_state(
-                    message_id,
-                    MessageState.DELIVERING,
-                    recipient_states=states,
-                    next_attempt_at=now,
-                    lease=self.queue.lease(),
-                )
-            # A message every recipient may have goes straight to delivery: the
-            # attempt's own commit records the outcome. It stays RECEIVED in the
-            # store meanwhile, so a crash means it is scanned and sent again.
             record = MessageRecord(
                 id=message_id,
                 state=MessageState.DELIVERING,
@@ -226,10 +203,50 @@ class Relay:
                 updated_at=now,
                 recipients=tuple(RecipientRecord(a, s) for a, s in states.items()),
             )
-            self.queue.submit(Job(message_id, claimed=True, record=record, content=content))
+            if verdict.action is not Action.PASS:
+                log.info(
+                    "message.verdict",
+                    id=message_id,
+                    action=verdict.action.value,
+                    rules=_fired_rules(verdict),
+                )
+            if state is not MessageState.QUEUED:
+                await self.store.set_state(message_id, state, recipient_states=states)
+            elif any(s is not RecipientState.PENDING for s in states.values()):
+                # Some recipients wait or are refused: record that, and claim the
+                # rest for delivery, in one commit.
+                await self.store.set_state(
+                    message_id,
+                    MessageState.DELIVERING,
+                    recipient_states=states,
+                    next_attempt_at=now,
+                    lease=self.queue.lease(),
+                )
+            await self._bounce_refused(record, verdict, content)
+            if state is MessageState.QUEUED:
+                # A message every recipient may have goes straight to delivery: the
+                # attempt's own commit records the outcome. It stays RECEIVED in the
+                # store meanwhile, so a crash means it is scanned and sent again.
+                self.queue.submit(Job(message_id, claimed=True, record=record, content=content))
         except Exception as exc:
             # Stays RECEIVED: scanned again at the next start. Never delivered unscanned.
             log.error("scan.failed", id=message_id, error=type(exc).__name__)
+
+    async def _bounce_refused(
+        self, record: MessageRecord, verdict: Verdict, content: bytes
+    ) -> None:
+        """After-queue, a `reject` goes back to the sender as a bounce without the content."""
+        refused = [
+            FailedRecipient(
+                address,
+                "5.7.1",
+                f"550 5.7.1 Refused by policy: {verdict.recipients[address].reason or 'policy'}",
+            )
+            for address, outcome in verdict.recipients.items()
+            if outcome.action is Action.REJECT
+        ]
+        if refused:
+            await self.queue.notify_sender(record, refused, content, expired=False)
 
     # -- lifecycle --------------------------------------------------------
 

@@ -6,6 +6,7 @@ import asyncio
 import smtplib
 import socket
 import ssl
+from collections.abc import Callable
 from email.parser import BytesParser
 from email.policy import default as default_policy
 from pathlib import Path
@@ -15,6 +16,8 @@ import pytest
 import structlog
 import trustme
 
+from smtpguard.decide import Action, RecipientVerdict, Verdict
+from smtpguard.envelope import Envelope
 from smtpguard.spool import MessageState, RecipientState
 from tests.conftest import RelayRunner
 from tests.sink import CaptureSink
@@ -586,3 +589,59 @@ async def test_when_commands_pipelined_then_each_answered_in_order(
     assert [r[:3] for r in replies] == [b"250", b"250", b"250", b"354", b"250", b"221"]
     [captured] = await sink.handler.wait_for(1)
     assert captured.recipients == ["a@example.org", "b@example.org"]
+
+
+def _refusing(address_fragment: str) -> Callable[[bytes, Envelope], Verdict]:
+    """A decide stage that refuses one recipient: the policy comes later, the modes are now."""
+    refusal = RecipientVerdict(
+        Action.REJECT, ("test-rule",), reason="case material to a restricted party"
+    )
+
+    def inspect(raw: bytes, envelope: Envelope) -> Verdict:
+        return Verdict(
+            recipients={
+                r: refusal if address_fragment in r else RecipientVerdict()
+                for r in envelope.recipients
+            }
+        )
+
+    return inspect
+
+
+async def test_before_queue_reject_is_550_at_end_of_data_and_nothing_stored(
+    relays: RelayRunner, sink: CaptureSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("smtpguard.relay.inspect_message", _refusing("dan.hart"))
+    service = await relays.start({"server": {"mode": "before-queue"}})
+    with pytest.raises(aiosmtplib.SMTPDataError) as refused:
+        await _send(_port(service), ["dan.hart77@gmail.com"])
+    assert refused.value.code == 550
+    assert "5.7.1 Message refused by policy: case material" in refused.value.message
+    await asyncio.sleep(0.3)
+    assert sink.handler.messages == []
+    assert not list((service.config.store.data_dir / "spool").glob("*.eml"))
+
+
+async def test_after_queue_reject_bounces_to_sender_without_content_and_delivers_the_rest(
+    relays: RelayRunner, sink: CaptureSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("smtpguard.relay.inspect_message", _refusing("dan.hart"))
+    service = await relays.start()
+    _, reply = await _send(
+        _port(service), ["dan.hart77@gmail.com", "s.mills@millsandco-solicitors.co.uk"]
+    )
+    assert "queued as" in reply
+    captured = await sink.handler.wait_for(2)
+    [delivered] = [c for c in captured if c.sender == SENDER]
+    [bounce] = [c for c in captured if c.sender in ("", "<>")]
+    assert delivered.recipients == ["s.mills@millsandco-solicitors.co.uk"]
+    assert bounce.recipients == [SENDER]
+    assert b"Final-Recipient: rfc822; dan.hart77@gmail.com" in bounce.content
+    assert b"Refused by policy: case material to a restricted party" in bounce.content
+    for secret in (b"943 476 5919", b"strategy meeting", b"Amelia"):
+        assert secret not in bounce.content
+    record = await service.store.load(reply.rsplit(" ", 1)[1])
+    assert record is not None
+    states = {r.address: r.state for r in record.recipients}
+    assert states["dan.hart77@gmail.com"] is RecipientState.REJECTED
+    assert states["s.mills@millsandco-solicitors.co.uk"] is RecipientState.DELIVERED
