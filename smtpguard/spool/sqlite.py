@@ -3,9 +3,8 @@
 The spool files are the durable truth (see files.py); the database indexes
 them and records what happened since. All database work happens on one
 dedicated thread that owns the connection, so the event loop never waits on
-SQLite or fsync. Changes are committed in groups: every change that arrives
-while a commit is running goes into the next one, with a single folder fsync
-for all the new messages in it.
+SQLite. Changes are committed in groups: every change that arrives while a
+commit is running goes into the next one.
 """
 
 from __future__ import annotations
