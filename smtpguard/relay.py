@@ -14,10 +14,11 @@ import re
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from email.utils import formatdate
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -172,16 +173,23 @@ class Relay:
     # -- scanning (after-queue) --------------------------------------------
 
     def _scan_later(self, message_id: str, envelope: Envelope, content: bytes) -> None:
-        task = asyncio.create_task(self._scan(message_id, envelope, content))
+        self._track(self._scan(message_id, envelope, content))
+
+    def _track(self, scan: Coroutine[Any, Any, None]) -> None:
+        """Scans run as tasks; they are awaited (within the drain time) at shutdown."""
+        task = asyncio.create_task(scan)
         self._scans.add(task)
         task.add_done_callback(self._scans.discard)
 
     async def _rescan(self, message_id: str) -> None:
-        """A message that was stored but not scanned before a restart."""
-        record = await self.store.load(message_id)
-        if record is not None and record.state is MessageState.RECEIVED:
-            content = await self.store.content(message_id)
-            self._scan_later(message_id, record.envelope, content)
+        """A message that was stored but not scanned (a restart, or a scan that failed)."""
+        try:
+            record = await self.store.load(message_id)
+            if record is not None and record.state is MessageState.RECEIVED:
+                content = await self.store.content(message_id)
+                self._scan_later(message_id, record.envelope, content)
+        except Exception as exc:
+            log.error("scan.reload_failed", id=message_id, error=type(exc).__name__)
 
     async def _scan(self, message_id: str, envelope: Envelope, content: bytes) -> None:
         try:
@@ -229,8 +237,14 @@ class Relay:
                 # store meanwhile, so a crash means it is scanned and sent again.
                 self.queue.submit(Job(message_id, claimed=True, record=record, content=content))
         except Exception as exc:
-            # Stays RECEIVED: scanned again at the next start. Never delivered unscanned.
+            # Stays RECEIVED and is scanned again later. Never delivered unscanned.
             log.error("scan.failed", id=message_id, error=type(exc).__name__)
+            asyncio.get_running_loop().call_later(
+                self.config.delivery.retry_initial, self._rescan_later, message_id
+            )
+
+    def _rescan_later(self, message_id: str) -> None:
+        self._track(self._rescan(message_id))
 
     async def _bounce_refused(
         self, record: MessageRecord, verdict: Verdict, content: bytes

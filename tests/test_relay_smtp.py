@@ -645,3 +645,45 @@ async def test_after_queue_reject_bounces_to_sender_without_content_and_delivers
     states = {r.address: r.state for r in record.recipients}
     assert states["dan.hart77@gmail.com"] is RecipientState.REJECTED
     assert states["s.mills@millsandco-solicitors.co.uk"] is RecipientState.DELIVERED
+
+
+async def test_when_scanning_fails_then_nothing_leaves_unscanned_and_scan_is_retried(
+    relays: RelayRunner, sink: CaptureSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from smtpguard.inspect import inspect_message
+
+    calls: list[int] = []
+
+    def broken_then_fine(raw: bytes, envelope: Envelope) -> Verdict:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a parser bug")
+        return inspect_message(raw, envelope)
+
+    monkeypatch.setattr("smtpguard.relay.inspect_message", broken_then_fine)
+    service = await relays.start({"delivery": {"retry_initial": "500ms"}})
+    _, reply = await _send(_port(service), ["a@example.org"])
+    await asyncio.sleep(0.2)
+    assert sink.handler.messages == []  # the failed scan let nothing out
+    record = await service.store.load(reply.rsplit(" ", 1)[1])
+    assert record is not None and record.state is MessageState.RECEIVED
+    [captured] = await sink.handler.wait_for(1)
+    assert len(calls) == 2
+    assert _after_received(captured.content) == MESSAGE
+
+
+async def test_when_8bit_body_declared_then_relayed_with_body_8bitmime(
+    relays: RelayRunner, sink: CaptureSink
+) -> None:
+    service = await relays.start()
+    body = "Subject: café\r\n\r\nRésumé of the meeting.\r\n".encode()
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=_port(service), start_tls=False)
+    await client.connect()
+    await client.ehlo()
+    await client.mail(SENDER, options=["BODY=8BITMIME"])
+    await client.rcpt("a@example.org")
+    await client.data(body)
+    await client.quit()
+    [captured] = await sink.handler.wait_for(1)
+    assert "BODY=8BITMIME" in captured.mail_options
+    assert _after_received(captured.content) == body

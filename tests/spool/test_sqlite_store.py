@@ -786,9 +786,7 @@ async def test_when_index_is_busy_then_accept_still_returns_once_the_file_is_dur
     assert record is not None and record.state is MessageState.RECEIVED
 
 
-async def test_when_accept_cancelled_then_row_and_file_agree(
-    store: Store, tmp_path: Path
-) -> None:
+async def test_when_accept_cancelled_then_row_and_file_agree(store: Store, tmp_path: Path) -> None:
     message_id = new_message_id()
     task = asyncio.create_task(
         store.accept(
