@@ -687,3 +687,22 @@ async def test_when_8bit_body_declared_then_relayed_with_body_8bitmime(
     [captured] = await sink.handler.wait_for(1)
     assert "BODY=8BITMIME" in captured.mail_options
     assert _after_received(captured.content) == body
+
+
+async def test_when_client_idles_past_command_timeout_then_421_and_closed(
+    relays: RelayRunner,
+) -> None:
+    service = await relays.start({"server": {"command_timeout": "300ms"}})
+
+    def idle() -> list[bytes]:
+        with socket.create_connection(("127.0.0.1", _port(service)), timeout=10) as sock:
+            stream = sock.makefile("rb")
+            greeting = stream.readline()
+            sock.sendall(b"HELO client.test\r\n")
+            helo = stream.readline()
+            return [greeting, helo, stream.readline(), stream.readline()]
+
+    greeting, helo, timeout_reply, after = await asyncio.to_thread(idle)
+    assert greeting.startswith(b"220") and helo.startswith(b"250")
+    assert timeout_reply.startswith(b"421 4.4.2 Timeout waiting for a command")
+    assert after == b""  # closed

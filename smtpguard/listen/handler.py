@@ -94,6 +94,9 @@ class RelayHandler:
     def session_refused(self, peer: object, reply: str) -> None:
         log.warning("session.refused", client=_peer_host(peer), reply=reply[:3])
 
+    def session_timed_out(self, peer: object) -> None:
+        log.info("session.timeout", client=_peer_host(peer))
+
     def data_refused(self, server: Any, problem: DataProblem, size: int) -> None:
         log.warning(
             "message.refused",

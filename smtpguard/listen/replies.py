@@ -12,6 +12,7 @@ R250_QUEUED = "250 2.0.0 Ok: queued as {message_id}"
 R354_START = "354 End data with <CR><LF>.<CR><LF>"
 
 R421_TOO_MANY_SESSIONS = "421 4.7.0 Too many connections, try again later"
+R421_COMMAND_TIMEOUT = "421 4.4.2 Timeout waiting for a command, closing connection"
 R421_DATA_TIMEOUT = "421 4.4.2 Timeout while receiving message data, closing connection"
 R421_SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
 R451_TRY_AGAIN = "451 4.3.0 Temporary failure, please try again later"

@@ -119,6 +119,11 @@ class GuardSMTP(SMTP):
         result: bool | None = super().eof_received()
         return result
 
+    def _timeout_cb(self) -> None:
+        """aiosmtpd just drops an idle client; a polite server says why first."""
+        self.event_handler.session_timed_out(self.session.peer if self.session else None)
+        self.close_with(replies.R421_COMMAND_TIMEOUT)
+
     def close_with(self, reply: str) -> None:
         if self.transport is not None:
             _write_and_close(self.transport, reply)
