@@ -59,17 +59,9 @@ async def list_queue(config: Config, *, as_json: bool) -> int:
         print(json.dumps(rows))
         return 0
     table = Table(title=f"Delivery queue: {len(rows)} message(s)")
-    for column in (
-        "id",
-        "state",
-        "age",
-        "sender",
-        "recipients",
-        "attempts",
-        "next try",
-        "last reply",
-    ):
-        table.add_column(column)
+    table.add_column("id", no_wrap=True, min_width=21)  # whole: it is what commands take
+    for column in ("state", "age", "sender", "recipients", "attempts", "next try", "last reply"):
+        table.add_column(column, overflow="fold")
     for r in records:
         waiting = [p for p in r.recipients if not p.state.finished]
         next_try = (
