@@ -28,9 +28,10 @@ from smtpguard.act.upstream import Upstream
 from smtpguard.config import Config, ConfigError, Overrides, load_config
 from smtpguard.decide import Action, Verdict
 from smtpguard.envelope import Envelope
-from smtpguard.inspect import inspect_message
+from smtpguard.inspect import inspect_document
 from smtpguard.listen import Listener, Receipt, listener_settings, replies
 from smtpguard.log import configure_logging
+from smtpguard.parse import ParsePool
 from smtpguard.spool import (
     MessageRecord,
     MessageState,
@@ -87,10 +88,13 @@ class _Pressure:
 class Relay:
     """Implements the listener's `Intake`: takes messages in, sees them through."""
 
-    def __init__(self, config: Config, store: Store, queue: DeliveryQueue) -> None:
+    def __init__(
+        self, config: Config, store: Store, queue: DeliveryQueue, parser: ParsePool
+    ) -> None:
         self.config = config
         self.store = store
         self.queue = queue
+        self.parser = parser
         self._pressure = _Pressure()
         self._scans: set[asyncio.Task[None]] = set()
 
@@ -106,8 +110,9 @@ class Relay:
     async def receive(self, envelope: Envelope, content: bytes, tls: bool) -> Receipt:
         message_id = new_message_id()
         content = received_header(envelope, self.config.server.hostname, message_id) + content
-        before_queue = self.config.server.mode == "before-queue"
-        verdict = inspect_message(content, envelope) if before_queue else None
+        verdict = None
+        if self.config.server.mode == "before-queue":
+            verdict = inspect_document(await self.parser.parse(content), envelope)
         if verdict is not None and verdict.action is Action.REJECT:
             log.warning(
                 "message.rejected",
@@ -193,7 +198,7 @@ class Relay:
 
     async def _scan(self, message_id: str, envelope: Envelope, content: bytes) -> None:
         try:
-            verdict = inspect_message(content, envelope)
+            verdict = inspect_document(await self.parser.parse(content), envelope)
             states = {
                 r: _recipient_state(verdict.recipients[r].action) for r in envelope.recipients
             }
@@ -318,7 +323,10 @@ class RelayService:
             config.server.hostname,
             workers=config.upstream.max_connections,
         )
-        self.relay = Relay(config, self.store, self.queue)
+        self.parser = ParsePool(
+            config.parse.workers, config.parse.limits(), config.parse.worker_memory
+        )
+        self.relay = Relay(config, self.store, self.queue, self.parser)
         self.listener = Listener(self.relay, listener_settings(config.server))
         self.address: tuple[str, int] | None = None
         self._stop = asyncio.Event()
@@ -381,6 +389,7 @@ class RelayService:
         ]
         self.config = new
         self.relay.config = new
+        self.parser.limits = new.parse.limits()
         self.listener.settings = listener_settings(new.server)
         self.queue.config = new.delivery
         if new.upstream != self.upstream.config:
@@ -412,6 +421,7 @@ class RelayService:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         await self.upstream.close()
+        await asyncio.to_thread(self.parser.close)
         await self.store.close()
         log.info("relay.stopped", drained=drained)
 

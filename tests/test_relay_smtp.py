@@ -18,6 +18,7 @@ import trustme
 
 from smtpguard.decide import Action, RecipientVerdict, Verdict
 from smtpguard.envelope import Envelope
+from smtpguard.parse import Document
 from smtpguard.spool import MessageState, RecipientState
 from tests.conftest import RelayRunner
 from tests.sink import CaptureSink
@@ -591,13 +592,13 @@ async def test_when_commands_pipelined_then_each_answered_in_order(
     assert captured.recipients == ["a@example.org", "b@example.org"]
 
 
-def _refusing(address_fragment: str) -> Callable[[bytes, Envelope], Verdict]:
+def _refusing(address_fragment: str) -> Callable[[Document, Envelope], Verdict]:
     """A decide stage that refuses one recipient: the policy comes later, the modes are now."""
     refusal = RecipientVerdict(
         Action.REJECT, ("test-rule",), reason="case material to a restricted party"
     )
 
-    def inspect(raw: bytes, envelope: Envelope) -> Verdict:
+    def inspect(document: Document, envelope: Envelope) -> Verdict:
         return Verdict(
             recipients={
                 r: refusal if address_fragment in r else RecipientVerdict()
@@ -611,7 +612,7 @@ def _refusing(address_fragment: str) -> Callable[[bytes, Envelope], Verdict]:
 async def test_before_queue_reject_is_550_at_end_of_data_and_nothing_stored(
     relays: RelayRunner, sink: CaptureSink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("smtpguard.relay.inspect_message", _refusing("dan.hart"))
+    monkeypatch.setattr("smtpguard.relay.inspect_document", _refusing("dan.hart"))
     service = await relays.start({"server": {"mode": "before-queue"}})
     with pytest.raises(aiosmtplib.SMTPDataError) as refused:
         await _send(_port(service), ["dan.hart77@gmail.com"])
@@ -625,7 +626,7 @@ async def test_before_queue_reject_is_550_at_end_of_data_and_nothing_stored(
 async def test_after_queue_reject_bounces_to_sender_without_content_and_delivers_the_rest(
     relays: RelayRunner, sink: CaptureSink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("smtpguard.relay.inspect_message", _refusing("dan.hart"))
+    monkeypatch.setattr("smtpguard.relay.inspect_document", _refusing("dan.hart"))
     service = await relays.start()
     _, reply = await _send(
         _port(service), ["dan.hart77@gmail.com", "s.mills@millsandco-solicitors.co.uk"]
@@ -650,17 +651,17 @@ async def test_after_queue_reject_bounces_to_sender_without_content_and_delivers
 async def test_when_scanning_fails_then_nothing_leaves_unscanned_and_scan_is_retried(
     relays: RelayRunner, sink: CaptureSink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from smtpguard.inspect import inspect_message
+    from smtpguard.inspect import inspect_document
 
     calls: list[int] = []
 
-    def broken_then_fine(raw: bytes, envelope: Envelope) -> Verdict:
+    def broken_then_fine(document: Document, envelope: Envelope) -> Verdict:
         calls.append(1)
         if len(calls) == 1:
-            raise RuntimeError("a parser bug")
-        return inspect_message(raw, envelope)
+            raise RuntimeError("a detector bug")
+        return inspect_document(document, envelope)
 
-    monkeypatch.setattr("smtpguard.relay.inspect_message", broken_then_fine)
+    monkeypatch.setattr("smtpguard.relay.inspect_document", broken_then_fine)
     service = await relays.start({"delivery": {"retry_initial": "500ms"}})
     _, reply = await _send(_port(service), ["a@example.org"])
     await asyncio.sleep(0.2)

@@ -101,7 +101,7 @@ def _scan(args: argparse.Namespace) -> int:
         client_name="scan",
         received_at=time.time(),
     )
-    verdict = inspect_message(raw, envelope)
+    verdict = inspect_message(raw, envelope, config.parse.limits())
     result = {
         "verdict": verdict.action.value,
         "recipients": {
@@ -126,7 +126,6 @@ def _scan(args: argparse.Namespace) -> int:
         ],
         "errors": [],
     }
-    del config
     if args.json:
         print(json.dumps(result, indent=None))
     else:

@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from smtpguard.parse.model import Limits
+
 _SIZE_UNITS = {
     "": 1,
     "B": 1,
@@ -154,6 +156,31 @@ class StoreConfig(_Section):
     max_queue: Count = Field(default=50_000, ge=1)
 
 
+class ParseConfig(_Section):
+    """How much work one message may cause, and how many processes do it."""
+
+    workers: Count = Field(default=2, ge=1, le=64)
+    worker_memory: Size = 2 * 1024**3
+    max_depth: Count = Field(default=8, ge=1, le=50)
+    max_archive_members: Count = Field(default=1000, ge=1)
+    max_extracted_bytes: Size = 200 * 1024**2
+    max_part_bytes: Size = 64 * 1024**2
+    max_ratio: float = Field(default=100.0, gt=1)
+    part_timeout: Seconds = 20.0
+    message_timeout: Seconds = 60.0
+
+    def limits(self) -> Limits:
+        return Limits(
+            max_depth=self.max_depth,
+            max_archive_members=self.max_archive_members,
+            max_extracted_bytes=self.max_extracted_bytes,
+            max_part_bytes=self.max_part_bytes,
+            max_ratio=self.max_ratio,
+            part_seconds=self.part_timeout,
+            message_seconds=self.message_timeout,
+        )
+
+
 class LoggingConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -164,4 +191,5 @@ class Config(_Section):
     upstream: UpstreamConfig = UpstreamConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     store: StoreConfig = StoreConfig()
+    parse: ParseConfig = ParseConfig()
     logging: LoggingConfig = LoggingConfig()

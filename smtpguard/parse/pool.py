@@ -1,0 +1,85 @@
+"""Worker processes for parsing, with a time limit per message.
+
+Parsing untrusted attachments runs outside the relay's process: a file that
+makes a parser hang or crash costs one worker, which is killed and replaced,
+and the message is recorded as uninspectable (policy decides, nothing is
+let out unread). pebble provides the pool that can kill one worker on a
+timeout without breaking the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import resource
+from collections.abc import Callable
+from concurrent.futures import TimeoutError as FutureTimeout
+
+import structlog
+from pebble import ProcessExpired, ProcessPool
+
+from smtpguard.parse.document import parse_message
+from smtpguard.parse.model import Document, Limits, Part
+
+log = structlog.get_logger("smtpguard.parse")
+
+
+def kill_after(limits: Limits) -> float:
+    """Headroom over the message's own time limit before its worker is killed."""
+    return limits.message_seconds * 1.2 + 1.0
+
+
+def _limit_worker_memory(max_bytes: int) -> None:
+    """Runs in each new worker: a hostile file gets MemoryError, not the machine."""
+    if max_bytes > 0:
+        resource.setrlimit(resource.RLIMIT_AS, (max_bytes, max_bytes))
+
+
+def unreadable_message(reason: str, size: int) -> Document:
+    return Document(
+        subject="",
+        headers=(),
+        parts=(Part("message", "uninspectable", "", frozenset(), size, "", reason),),
+    )
+
+
+class ParsePool:
+    def __init__(
+        self,
+        workers: int,
+        limits: Limits,
+        worker_memory: int,
+        reader: Callable[[bytes, Limits], Document] = parse_message,
+    ) -> None:
+        """`reader` runs in the workers: parse_message, unless a test needs a hostile one."""
+        self.limits = limits
+        self._reader = reader
+        self._pool = ProcessPool(
+            max_workers=workers,
+            max_tasks=500,  # recycle workers now and then: parsers can leak
+            initializer=_limit_worker_memory,
+            initargs=(worker_memory,),
+            context=multiprocessing.get_context("forkserver"),
+        )
+
+    async def parse(self, raw: bytes) -> Document:
+        """The message's Document; never raises for anything the message contains."""
+        future = self._pool.schedule(
+            self._reader,
+            args=(raw, self.limits),
+            timeout=kill_after(self.limits),
+        )
+        try:
+            return await asyncio.wrap_future(future)
+        except FutureTimeout:
+            log.warning("parse.worker_killed", reason="timeout", size=len(raw))
+            return unreadable_message("the message took too long to read", len(raw))
+        except ProcessExpired as exc:
+            log.warning("parse.worker_died", exitcode=exc.exitcode, size=len(raw))
+            return unreadable_message("reading the message crashed a worker", len(raw))
+        except MemoryError:
+            return unreadable_message("the message needs too much memory to read", len(raw))
+
+    def close(self) -> None:
+        self._pool.stop()  # type: ignore[no-untyped-call]
+        self._pool.join(timeout=5)

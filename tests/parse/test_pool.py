@@ -1,0 +1,77 @@
+"""The parse worker pool: a hostile message costs a worker, never the relay."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from smtpguard.parse import Document, Limits, ParsePool, parse_message
+from tests.parse import hostile_readers
+
+MESSAGE = b"Subject: fine\r\n\r\nNothing to see.\r\n"
+
+
+@pytest.fixture
+async def pool_factory() -> AsyncIterator[Callable[..., ParsePool]]:
+    pools: list[ParsePool] = []
+
+    def make(
+        reader: Callable[[bytes, Limits], Document] = parse_message, **limits: float
+    ) -> ParsePool:
+        pool = ParsePool(2, Limits(**limits), 2 * 1024**3, reader)  # type: ignore[arg-type]
+        pools.append(pool)
+        return pool
+
+    yield make
+    for pool in pools:
+        await asyncio.to_thread(pool.close)
+
+
+async def test_when_message_parsed_in_pool_then_same_document_as_in_process(
+    pool_factory: Callable[..., ParsePool],
+) -> None:
+    pool = pool_factory()
+    assert await pool.parse(MESSAGE) == parse_message(MESSAGE)
+
+
+async def test_when_worker_hangs_then_killed_message_uninspectable_and_pool_still_works(
+    pool_factory: Callable[..., ParsePool],
+) -> None:
+    pool = pool_factory(hostile_readers.hang_on_marker, message_seconds=0.5)
+    started = time.monotonic()
+    document = await pool.parse(b"Subject: x\r\n\r\nHANG\r\n")
+    assert time.monotonic() - started < 10
+    [part] = document.parts
+    assert part.kind == "uninspectable"
+    assert "too long" in part.reason
+    assert (await pool.parse(MESSAGE)).parts[0].text == "Nothing to see.\r\n"
+
+
+async def test_when_worker_dies_then_message_uninspectable_and_pool_still_works(
+    pool_factory: Callable[..., ParsePool],
+) -> None:
+    pool = pool_factory(hostile_readers.die_on_marker)
+    document = await pool.parse(b"Subject: x\r\n\r\nDIE\r\n")
+    assert document.parts[0].kind == "uninspectable"
+    assert "crashed" in document.parts[0].reason
+    assert (await pool.parse(MESSAGE)).parts[0].kind == "text"
+
+
+async def test_when_worker_asks_for_too_much_memory_then_uninspectable_not_oom(
+    pool_factory: Callable[..., ParsePool],
+) -> None:
+    pool = pool_factory(hostile_readers.allocate_on_marker)
+    document = await pool.parse(b"Subject: x\r\n\r\nGREEDY\r\n")
+    assert document.parts[0].kind == "uninspectable"
+    assert (await pool.parse(MESSAGE)).parts[0].kind == "text"
+
+
+async def test_when_many_messages_at_once_then_all_parsed(
+    pool_factory: Callable[..., ParsePool],
+) -> None:
+    pool = pool_factory()
+    documents = await asyncio.gather(*(pool.parse(MESSAGE) for _ in range(50)))
+    assert all(d.parts[0].text == "Nothing to see.\r\n" for d in documents)
