@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import re
 import resource
 from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -43,6 +44,20 @@ def unreadable_message(reason: str, size: int) -> Document:
     )
 
 
+_INLINE_LIMIT = 64 * 1024
+_CONTENT_TYPE = re.compile(rb"^content-type:[ \t]*([^;\r\n]*)", re.IGNORECASE | re.MULTILINE)
+
+
+def carries_only_short_text(raw: bytes) -> bool:
+    """A small single-part text/plain message (or one with no Content-Type at all)."""
+    if len(raw) > _INLINE_LIMIT:
+        return False
+    end = raw.find(b"\r\n\r\n")
+    header = raw if end == -1 else raw[:end]
+    declared = _CONTENT_TYPE.findall(header)
+    return not declared or (len(declared) == 1 and declared[0].strip().lower() == b"text/plain")
+
+
 class ParsePool:
     def __init__(
         self,
@@ -64,6 +79,10 @@ class ParsePool:
 
     async def parse(self, raw: bytes) -> Document:
         """The message's Document; never raises for anything the message contains."""
+        if carries_only_short_text(raw):
+            # No attachment to be hostile, and too short to hold the loop for long:
+            # reading it here saves the round trip to a worker.
+            return parse_message(raw, self.limits)
         future = self._pool.schedule(
             self._reader,
             args=(raw, self.limits),

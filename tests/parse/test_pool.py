@@ -12,6 +12,8 @@ from smtpguard.parse import Document, Limits, ParsePool, parse_message
 from tests.parse import hostile_readers
 
 MESSAGE = b"Subject: fine\r\n\r\nNothing to see.\r\n"
+# Anything but short plain text goes to a worker.
+ATTACHMENT = b"Subject: x\r\nContent-Type: application/octet-stream\r\n\r\n"
 
 
 @pytest.fixture
@@ -34,7 +36,8 @@ async def test_when_message_parsed_in_pool_then_same_document_as_in_process(
     pool_factory: Callable[..., ParsePool],
 ) -> None:
     pool = pool_factory()
-    assert await pool.parse(MESSAGE) == parse_message(MESSAGE)
+    raw = ATTACHMENT + b"Nothing to see.\r\n"
+    assert await pool.parse(raw) == parse_message(raw)
 
 
 async def test_when_worker_hangs_then_killed_message_uninspectable_and_pool_still_works(
@@ -42,7 +45,7 @@ async def test_when_worker_hangs_then_killed_message_uninspectable_and_pool_stil
 ) -> None:
     pool = pool_factory(hostile_readers.hang_on_marker, message_seconds=0.5)
     started = time.monotonic()
-    document = await pool.parse(b"Subject: x\r\n\r\nHANG\r\n")
+    document = await pool.parse(ATTACHMENT + b"HANG\r\n")
     assert time.monotonic() - started < 10
     [part] = document.parts
     assert part.kind == "uninspectable"
@@ -54,7 +57,7 @@ async def test_when_worker_dies_then_message_uninspectable_and_pool_still_works(
     pool_factory: Callable[..., ParsePool],
 ) -> None:
     pool = pool_factory(hostile_readers.die_on_marker)
-    document = await pool.parse(b"Subject: x\r\n\r\nDIE\r\n")
+    document = await pool.parse(ATTACHMENT + b"DIE\r\n")
     assert document.parts[0].kind == "uninspectable"
     assert "crashed" in document.parts[0].reason
     assert (await pool.parse(MESSAGE)).parts[0].kind == "text"
@@ -64,7 +67,7 @@ async def test_when_worker_asks_for_too_much_memory_then_uninspectable_not_oom(
     pool_factory: Callable[..., ParsePool],
 ) -> None:
     pool = pool_factory(hostile_readers.allocate_on_marker)
-    document = await pool.parse(b"Subject: x\r\n\r\nGREEDY\r\n")
+    document = await pool.parse(ATTACHMENT + b"GREEDY\r\n")
     assert document.parts[0].kind == "uninspectable"
     assert (await pool.parse(MESSAGE)).parts[0].kind == "text"
 
@@ -73,5 +76,36 @@ async def test_when_many_messages_at_once_then_all_parsed(
     pool_factory: Callable[..., ParsePool],
 ) -> None:
     pool = pool_factory()
-    documents = await asyncio.gather(*(pool.parse(MESSAGE) for _ in range(50)))
+    raw = ATTACHMENT + b"Nothing to see.\r\n"
+    documents = await asyncio.gather(*(pool.parse(raw) for _ in range(50)))
     assert all(d.parts[0].text == "Nothing to see.\r\n" for d in documents)
+
+
+@pytest.mark.parametrize(
+    "raw, inline",
+    [
+        (b"Subject: x\r\n\r\nhello\r\n", True),
+        (b"Subject: x\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nhello\r\n", True),
+        (b"Subject: x\r\nContent-Type: TEXT/PLAIN\r\n\r\nhello\r\n", True),
+        (b"Subject: x\r\nContent-Type: text/html\r\n\r\n<p>hello</p>\r\n", False),
+        (b"Subject: x\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b--\r\n", False),
+        (
+            b"Subject: x\r\nContent-Type: text/plain\r\nContent-Type: application/pdf\r\n\r\nx",
+            False,
+        ),
+        (b"Subject: x\r\n\r\n" + b"x" * 70_000, False),
+    ],
+    ids=["no-type", "text-plain", "upper-case", "html", "multipart", "two-types", "large"],
+)
+def test_only_short_single_part_text_is_read_without_a_worker(raw: bytes, inline: bool) -> None:
+    from smtpguard.parse.pool import carries_only_short_text
+
+    assert carries_only_short_text(raw) is inline
+
+
+async def test_when_short_text_message_then_no_worker_needed_even_if_workers_hang(
+    pool_factory: Callable[..., ParsePool],
+) -> None:
+    pool = pool_factory(hostile_readers.hang_on_marker, message_seconds=0.5)
+    document = await pool.parse(b"Subject: x\r\n\r\nHANG is only a word here\r\n")
+    assert document.parts[0].kind == "text"
