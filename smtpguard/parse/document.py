@@ -57,8 +57,8 @@ _CHARSET_FALLBACKS = ("utf-8", "cp1252", "latin-1")
 _IDENTIFYING = ("from", "to", "cc", "subject", "date", "message-id")
 
 
-class _PartTimeout(Exception):
-    pass
+class _PartTimeout(BaseException):
+    """A BaseException, so that a reader's own catch-all cannot swallow the alarm."""
 
 
 @dataclass

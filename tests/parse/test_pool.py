@@ -109,3 +109,27 @@ async def test_when_short_text_message_then_no_worker_needed_even_if_workers_han
     pool = pool_factory(hostile_readers.hang_on_marker, message_seconds=0.5)
     document = await pool.parse(b"Subject: x\r\n\r\nHANG is only a word here\r\n")
     assert document.parts[0].kind == "text"
+
+
+async def test_when_one_file_takes_too_long_in_a_worker_then_that_part_is_uninspectable(
+    pool_factory: Callable[..., ParsePool],
+) -> None:
+    import io
+
+    import openpyxl
+
+    from tests.parse.test_mime import _message
+
+    book = openpyxl.Workbook(write_only=True)
+    sheet = book.create_sheet("caseload")
+    for index in range(60_000):
+        sheet.append([f"CS-{index:06d}", "a name", "2015-03-14", index])
+    buffer = io.BytesIO()
+    book.save(buffer)
+    raw = _message(("caseload.xlsx", buffer.getvalue(), "application/octet-stream"))
+    pool = pool_factory(part_seconds=0.05)
+    document = await pool.parse(raw)
+    part = next(p for p in document.parts if p.path == "attachment:caseload.xlsx")
+    assert part.kind == "uninspectable"
+    assert part.reason == "took too long to read"
+    assert document.parts[0].path == "body"  # the rest of the message was still read
