@@ -707,3 +707,40 @@ async def test_when_client_idles_past_command_timeout_then_421_and_closed(
     assert greeting.startswith(b"220") and helo.startswith(b"250")
     assert timeout_reply.startswith(b"421 4.4.2 Timeout waiting for a command")
     assert after == b""  # closed
+
+
+async def test_when_message_carries_attachments_then_relay_reads_them_in_workers(
+    relays: RelayRunner, sink: CaptureSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+    import zipfile
+
+    from smtpguard.inspect import inspect_document
+
+    seen: list[Document] = []
+
+    def recording(document: Document, envelope: Envelope) -> Verdict:
+        seen.append(document)
+        return inspect_document(document, envelope)
+
+    monkeypatch.setattr("smtpguard.relay.inspect_document", recording)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("minutes.txt", "Minutes of the strategy meeting")
+    from email.message import EmailMessage
+    from email.policy import SMTP as SMTP_POLICY
+
+    message = EmailMessage()
+    message["Subject"] = "bundle"
+    message.set_content("see attached")
+    message.add_attachment(
+        buffer.getvalue(), maintype="application", subtype="zip", filename="bundle.zip"
+    )
+    raw = message.as_bytes(policy=SMTP_POLICY)
+    service = await relays.start()
+    await _send(_port(service), ["a@example.org"], content=raw)
+    [captured] = await sink.handler.wait_for(1)
+    assert _after_received(captured.content) == raw
+    [document] = seen
+    paths = {p.path: p for p in document.parts}
+    assert paths["attachment:bundle.zip/minutes.txt"].text == "Minutes of the strategy meeting"
