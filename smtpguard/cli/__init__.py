@@ -118,7 +118,7 @@ def _scan(args: argparse.Namespace) -> int:
             {
                 "detector": f.detector,
                 "location": f.location,
-                "confidence": f.confidence.value,
+                "confidence": f.confidence.label,
                 "count": f.count,
                 "excerpt": f.excerpt,
             }

@@ -1,0 +1,124 @@
+"""Every detector over every text of a Document, and parse flags, as Findings.
+
+Findings are grouped per detector and location: "nhs_number in
+attachment:report.pdf, 3 distinct values, high". Counts are of distinct
+values. Excerpts are the detector's own redaction of one value; the values
+themselves stay inside this function.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from smtpguard.detect.base import Confidence, Detector, Hit
+from smtpguard.parse.model import Document, Flag, Part
+
+# Parse flags that become findings, and under which detector name.
+_HIDDEN_FLAGS = {
+    Flag.HIDDEN_SHEET: "hidden sheet",
+    Flag.VERY_HIDDEN_SHEET: "very hidden sheet",
+    Flag.HIDDEN_ROWS: "hidden rows",
+    Flag.HIDDEN_COLUMNS: "hidden columns",
+    Flag.HIDDEN_TEXT: "hidden text",
+    Flag.COMMENTS: "comments",
+    Flag.TRACKED_CHANGES: "tracked changes",
+}
+_REDACTION_FLAGS = {
+    Flag.TEXT_UNDER_REDACTION: "text under a redaction box",
+    Flag.UNAPPLIED_REDACTION: "redaction marked but not applied",
+}
+
+
+@dataclass(frozen=True)
+class Text:
+    """One text to scan and where it came from."""
+
+    location: str  # "subject", "body", "attachment:report.pdf"
+    text: str
+
+
+@dataclass(frozen=True)
+class Located:
+    detector: Detector
+    location: str
+    hit: Hit
+
+
+def texts_of(document: Document) -> Iterable[Text]:
+    if document.subject:
+        yield Text("subject", document.subject)
+    for part in document.parts:
+        if part.text:
+            yield Text(part.path, part.text)
+
+
+def scan_texts(texts: Iterable[Text], detectors: Sequence[Detector]) -> list[Located]:
+    return [
+        Located(detector, item.location, hit)
+        for item in texts
+        for detector in detectors
+        for hit in detector.scan(item.text)
+    ]
+
+
+@dataclass(frozen=True)
+class Grouped:
+    detector: str
+    location: str
+    confidence: Confidence
+    count: int
+    excerpt: str
+
+
+def group(located: Iterable[Located]) -> list[Grouped]:
+    """Per (detector, location): distinct values, the highest confidence, one excerpt."""
+    values: dict[tuple[str, str], dict[str, Confidence]] = defaultdict(dict)
+    detectors: dict[str, Detector] = {}
+    for item in located:
+        key = (item.detector.name, item.location)
+        detectors[item.detector.name] = item.detector
+        seen = values[key].get(item.hit.value)
+        if seen is None or item.hit.confidence > seen:
+            values[key][item.hit.value] = item.hit.confidence
+    grouped = []
+    for (name, location), by_value in values.items():
+        strongest = max(by_value, key=lambda v: by_value[v])
+        grouped.append(
+            Grouped(
+                name,
+                location,
+                by_value[strongest],
+                len(by_value),
+                detectors[name].redact(strongest),
+            )
+        )
+    return grouped
+
+
+def flag_findings(parts: Iterable[Part]) -> list[Grouped]:
+    """Hidden content, redaction failures and unreadable parts, as findings policy can use."""
+    found = []
+    for part in parts:
+        if part.kind == "uninspectable":
+            found.append(Grouped("uninspectable", part.path, Confidence.HIGH, 1, part.reason))
+        hidden = sorted(_HIDDEN_FLAGS[f] for f in part.flags if f in _HIDDEN_FLAGS)
+        if hidden:
+            found.append(
+                Grouped(
+                    "hidden_content", part.path, Confidence.HIGH, len(hidden), ", ".join(hidden)
+                )
+            )
+        redaction = sorted(_REDACTION_FLAGS[f] for f in part.flags if f in _REDACTION_FLAGS)
+        if redaction:
+            found.append(
+                Grouped(
+                    "redaction_failure",
+                    part.path,
+                    Confidence.HIGH,
+                    len(redaction),
+                    ", ".join(redaction),
+                )
+            )
+    return found
