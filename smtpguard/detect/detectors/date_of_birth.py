@@ -1,0 +1,88 @@
+"""Dates of birth: a date shortly after a cue such as "DOB" or "born".
+
+A date alone is not personal data (meetings, deadlines), so only a date that
+starts within 30 characters after a cue counts. It must be a real calendar
+date within the past 120 years, and is normalised to ISO so that
+"14/03/2015" and "14th Mar 2015" count once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+from smtpguard.detect.base import Confidence, Hit
+
+_CUE = re.compile(
+    r"(?i)[db](?<![A-Za-z].)"
+    r"(?:(?<=d)(?:\.?\s?o\.?\s?b\b\.?|ate\s+of\s+birth)|(?<=b)(?:irth\s*date|orn(?:\s+on)?\b))"
+)
+_MONTHS = {
+    "jan": 1, "feb": 2, "mar": 3, "apr": 4, "may": 5, "jun": 6,
+    "jul": 7, "aug": 8, "sep": 9, "oct": 10, "nov": 11, "dec": 12,
+}  # fmt: skip
+_MONTH_NAMES = (
+    r"jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?"
+    r"|sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?"
+)
+_DATE = re.compile(
+    r"(?i)(?<![\d/.\-])(?:"
+    r"(?P<d>\d{1,2})(?P<sep>[/.\-])(?P<m>\d{1,2})(?P=sep)(?P<y>\d{4}|\d\d)"
+    r"|(?P<iy>\d{4})-(?P<im>\d\d)-(?P<id>\d\d)"
+    rf"|(?P<td>\d{{1,2}})(?:st|nd|rd|th)?\s+(?:of\s+)?(?P<tm>{_MONTH_NAMES})\.?,?\s+(?P<ty>\d{{4}})"
+    r")(?![\d/\-]|\.\d)"
+)
+_WINDOW = 30
+_MAX_AGE_YEARS = 120
+
+
+def _to_date(match: re.Match[str], today: dt.date) -> dt.date | None:
+    """The matched date, or None when it is not a real day in the past 120 years."""
+    if match.group("d"):
+        day, month, year = int(match.group("d")), int(match.group("m")), match.group("y")
+        year_num = int(year)
+        if len(year) == 2:
+            # Two-digit years: the most recent century that puts the date in the past.
+            year_num += 2000 if year_num <= today.year % 100 else 1900
+    elif match.group("iy"):
+        year_num, month = int(match.group("iy")), int(match.group("im"))
+        day = int(match.group("id"))
+    else:
+        day, month = int(match.group("td")), _MONTHS[match.group("tm")[:3].lower()]
+        year_num = int(match.group("ty"))
+    try:
+        date = dt.date(year_num, month, day)
+    except ValueError:
+        return None
+    if date > today or date.year < today.year - _MAX_AGE_YEARS:
+        return None
+    return date
+
+
+class DateOfBirthDetector:
+    """Finds dates right after a birth cue; HIGH, because the cue says what the date is."""
+
+    name: str = "date_of_birth"
+
+    def scan(self, text: str) -> list[Hit]:
+        hits: list[Hit] = []
+        today = dt.date.today()
+        last_end = 0
+        for cue in _CUE.finditer(text):
+            # The longest date form is about 25 characters ("14th of September, 2015").
+            match = _DATE.search(text, max(cue.end(), last_end), cue.end() + _WINDOW + 30)
+            if match is None or match.start() - cue.end() > _WINDOW:
+                continue
+            date = _to_date(match, today)
+            if date is None:
+                continue
+            last_end = match.end()
+            hits.append(Hit(date.isoformat(), match.start(), match.end(), Confidence.HIGH))
+        return hits
+
+    def redact(self, value: str) -> str:
+        """Nothing of the date shows: even the year narrows down a child."""
+        return "date of birth **/**/****"
+
+
+DETECTOR = DateOfBirthDetector()
