@@ -112,7 +112,7 @@ class Relay:
         content = received_header(envelope, self.config.server.hostname, message_id) + content
         verdict = None
         if self.config.server.mode == "before-queue":
-            verdict = inspect_document(await self.parser.parse(content), envelope)
+            verdict = await self._inspect(content, envelope)
         if verdict is not None and verdict.action is Action.REJECT:
             log.warning(
                 "message.rejected",
@@ -175,7 +175,12 @@ class Relay:
             self.queue.submit(Job(message_id, content=content))
         return Receipt(message_id)
 
-    # -- scanning (after-queue) --------------------------------------------
+    # -- scanning ------------------------------------------------------------
+
+    async def _inspect(self, content: bytes, envelope: Envelope) -> Verdict:
+        """Parse in a worker process; detect and decide in a thread, off the event loop."""
+        document = await self.parser.parse(content)
+        return await asyncio.to_thread(inspect_document, document, envelope)
 
     def _scan_later(self, message_id: str, envelope: Envelope, content: bytes) -> None:
         self._track(self._scan(message_id, envelope, content))
@@ -198,7 +203,7 @@ class Relay:
 
     async def _scan(self, message_id: str, envelope: Envelope, content: bytes) -> None:
         try:
-            verdict = inspect_document(await self.parser.parse(content), envelope)
+            verdict = await self._inspect(content, envelope)
             states = {
                 r: _recipient_state(verdict.recipients[r].action) for r in envelope.recipients
             }

@@ -73,3 +73,38 @@ def test_when_config_from_environment_then_used(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert str(config) in result.stdout
+
+
+def test_when_scan_of_sensitive_message_then_findings_with_redacted_excerpts(
+    tmp_path: Path,
+) -> None:
+    config = write_config(tmp_path)
+    message = tmp_path / "sensitive.eml"
+    message.write_bytes(
+        b"Subject: OFFICIAL-SENSITIVE CS-204817\n\n"
+        b"Amelia Hart, DOB 14/03/2015, NHS number 943 476 5919, NI AB 12 34 56 C.\n"
+    )
+    result = _smtpguard(
+        "scan", str(message), "--config", str(config), "--to", "a@example.org", "--json"
+    )
+    assert result.returncode == 0, result.stderr
+    found = {f["detector"]: f for f in json.loads(result.stdout)["findings"]}
+    assert {
+        "protective_marking",
+        "case_reference",
+        "nhs_number",
+        "date_of_birth",
+        "ni_number",
+    } <= set(found)
+    assert found["nhs_number"]["location"] == "body"
+    assert found["nhs_number"]["confidence"] == "high"
+    for value in (
+        "943 476 5919",
+        "9434765919",
+        "14/03/2015",
+        "AB 12 34 56 C",
+        "AB123456C",
+        "CS-204817",
+    ):
+        assert value not in result.stdout, value
+        assert value not in result.stderr, value

@@ -12,7 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from smtpguard.detect.base import Confidence, Detector, Hit
-from smtpguard.detect.engine import flag_findings, group, scan_texts, texts_of
+from smtpguard.detect.detectors import protective_marking
+from smtpguard.detect.detectors.protective_marking import markings_from_msip_labels
+from smtpguard.detect.engine import Located, flag_findings, group, scan_texts, texts_of
+from smtpguard.detect.registry import IDENTIFIERS, SUBJECT_ONLY, default_detectors
 from smtpguard.parse import Document
 
 __all__ = ["Confidence", "Detector", "Finding", "Hit", "detect_findings"]
@@ -27,7 +30,28 @@ class Finding:
     excerpt: str  # redacted: never the full value
 
 
-def detect_findings(document: Document, detectors: Sequence[Detector] = ()) -> tuple[Finding, ...]:
-    """Findings of `detectors` over every text, plus what the parse flags say."""
-    grouped = group(scan_texts(texts_of(document), detectors)) + flag_findings(document.parts)
+def detect_findings(
+    document: Document, detectors: Sequence[Detector] | None = None
+) -> tuple[Finding, ...]:
+    """Findings over every text (the default detectors unless given), plus the parse flags."""
+    if detectors is None:
+        detectors = default_detectors()
+    located = scan_texts(
+        texts_of(document), detectors, subject_only=SUBJECT_ONLY, identifiers=IDENTIFIERS
+    )
+    located += _label_markings(document, detectors)
+    grouped = group(located) + flag_findings(document.parts)
     return tuple(Finding(g.detector, g.location, g.confidence, g.count, g.excerpt) for g in grouped)
+
+
+def _label_markings(document: Document, detectors: Sequence[Detector]) -> list[Located]:
+    """Microsoft 365 sensitivity labels in the msip_labels header are markings too."""
+    marking = next((d for d in detectors if d.name == protective_marking.DETECTOR.name), None)
+    if marking is None:
+        return []
+    return [
+        Located(marking, f"header:{name}", hit)
+        for name, value in document.headers
+        if name.lower() == "msip_labels"
+        for hit in markings_from_msip_labels(value)
+    ]

@@ -54,13 +54,45 @@ def texts_of(document: Document) -> Iterable[Text]:
             yield Text(part.path, part.text)
 
 
-def scan_texts(texts: Iterable[Text], detectors: Sequence[Detector]) -> list[Located]:
-    return [
-        Located(detector, item.location, hit)
-        for item in texts
-        for detector in detectors
-        for hit in detector.scan(item.text)
-    ]
+# A proximity-only keyword ("refuge", "allegation") counts within this many
+# characters of an identifier in the same text.
+KEYWORD_REACH = 300
+
+
+def scan_texts(
+    texts: Iterable[Text],
+    detectors: Sequence[Detector],
+    *,
+    subject_only: frozenset[str] = frozenset(),
+    identifiers: frozenset[str] = frozenset(),
+) -> list[Located]:
+    located = []
+    for item in texts:
+        found = [
+            Located(detector, item.location, hit)
+            for detector in detectors
+            if item.location == "subject" or detector.name not in subject_only
+            for hit in detector.scan(item.text)
+        ]
+        located += _near_identifiers(found, identifiers)
+    return located
+
+
+def _near_identifiers(found: list[Located], identifiers: frozenset[str]) -> list[Located]:
+    """Drop LOW keyword hits that have no identifier near them; keep everything else."""
+    anchors = [item.hit.start for item in found if item.detector.name in identifiers]
+    kept = []
+    for item in found:
+        if item.detector.name == "keywords" and item.hit.confidence is Confidence.LOW:
+            if not any(abs(item.hit.start - anchor) <= KEYWORD_REACH for anchor in anchors):
+                continue
+            item = Located(item.detector, item.location, _raised(item.hit))
+        kept.append(item)
+    return kept
+
+
+def _raised(hit: Hit) -> Hit:
+    return Hit(hit.value, hit.start, hit.end, Confidence.MEDIUM)
 
 
 @dataclass(frozen=True)
