@@ -1,18 +1,43 @@
-"""One message through parse -> detect -> decide: the whole scan, no side effects."""
+"""One message through parse -> detect -> decide: the whole scan, no side effects.
+
+The relay runs `read_message` (parse and detect) in its worker processes and
+decides in its own process; `inspect_message` does all three here, for
+`smtpguard scan` and tests.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from smtpguard.decide import Verdict, decide_verdict
-from smtpguard.detect import detect_findings
+from smtpguard.detect import Finding, detect_findings
 from smtpguard.envelope import Envelope
 from smtpguard.parse import Document, Limits, parse_message
+from smtpguard.parse.pool import unreadable_message
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What a worker hands back: the message's Document and the Findings in it."""
+
+    document: Document
+    findings: tuple[Finding, ...]
+
+
+def read_message(raw: bytes, limits: Limits) -> Reading:
+    document = parse_message(raw, limits)
+    return Reading(document, detect_findings(document))
+
+
+def unreadable_reading(reason: str, size: int) -> Reading:
+    """A message no worker could read: one uninspectable part, and its finding."""
+    document = unreadable_message(reason, size)
+    return Reading(document, detect_findings(document, ()))
 
 
 def inspect_document(document: Document, envelope: Envelope) -> Verdict:
-    """Detect and decide on a message already parsed (by the worker pool, in the relay)."""
     return decide_verdict(envelope, detect_findings(document))
 
 
 def inspect_message(raw: bytes, envelope: Envelope, limits: Limits | None = None) -> Verdict:
-    """Parse in this process too: for `smtpguard scan` and tests."""
     return inspect_document(parse_message(raw, limits), envelope)

@@ -26,9 +26,9 @@ from smtpguard.act.dsn import FailedRecipient
 from smtpguard.act.queue import DeliveryQueue, Job
 from smtpguard.act.upstream import Upstream
 from smtpguard.config import Config, ConfigError, Overrides, load_config
-from smtpguard.decide import Action, Verdict
+from smtpguard.decide import Action, Verdict, decide_verdict
 from smtpguard.envelope import Envelope
-from smtpguard.inspect import inspect_document
+from smtpguard.inspect import Reading, read_message, unreadable_reading
 from smtpguard.listen import Listener, Receipt, listener_settings, replies
 from smtpguard.log import configure_logging
 from smtpguard.parse import ParsePool
@@ -89,7 +89,7 @@ class Relay:
     """Implements the listener's `Intake`: takes messages in, sees them through."""
 
     def __init__(
-        self, config: Config, store: Store, queue: DeliveryQueue, parser: ParsePool
+        self, config: Config, store: Store, queue: DeliveryQueue, parser: ParsePool[Reading]
     ) -> None:
         self.config = config
         self.store = store
@@ -178,9 +178,9 @@ class Relay:
     # -- scanning ------------------------------------------------------------
 
     async def _inspect(self, content: bytes, envelope: Envelope) -> Verdict:
-        """Parse in a worker process; detect and decide in a thread, off the event loop."""
-        document = await self.parser.parse(content)
-        return await asyncio.to_thread(inspect_document, document, envelope)
+        """Parse and detect in a worker process; decide here (it needs the envelope)."""
+        reading = await self.parser.parse(content)
+        return decide_verdict(envelope, reading.findings)
 
     def _scan_later(self, message_id: str, envelope: Envelope, content: bytes) -> None:
         self._track(self._scan(message_id, envelope, content))
@@ -329,7 +329,11 @@ class RelayService:
             workers=config.upstream.max_connections,
         )
         self.parser = ParsePool(
-            config.parse.workers, config.parse.limits(), config.parse.worker_memory
+            config.parse.workers,
+            config.parse.limits(),
+            config.parse.worker_memory,
+            reader=read_message,
+            unreadable=unreadable_reading,
         )
         self.relay = Relay(config, self.store, self.queue, self.parser)
         self.listener = Listener(self.relay, listener_settings(config.server))

@@ -17,8 +17,8 @@ import structlog
 import trustme
 
 from smtpguard.decide import Action, RecipientVerdict, Verdict
+from smtpguard.detect import Finding
 from smtpguard.envelope import Envelope
-from smtpguard.parse import Document
 from smtpguard.spool import MessageState, RecipientState
 from tests.conftest import RelayRunner
 from tests.sink import CaptureSink
@@ -592,13 +592,13 @@ async def test_when_commands_pipelined_then_each_answered_in_order(
     assert captured.recipients == ["a@example.org", "b@example.org"]
 
 
-def _refusing(address_fragment: str) -> Callable[[Document, Envelope], Verdict]:
+def _refusing(address_fragment: str) -> Callable[[Envelope, tuple[Finding, ...]], Verdict]:
     """A decide stage that refuses one recipient: the policy comes later, the modes are now."""
     refusal = RecipientVerdict(
         Action.REJECT, ("test-rule",), reason="case material to a restricted party"
     )
 
-    def inspect(document: Document, envelope: Envelope) -> Verdict:
+    def inspect(envelope: Envelope, findings: tuple[Finding, ...]) -> Verdict:
         return Verdict(
             recipients={
                 r: refusal if address_fragment in r else RecipientVerdict()
@@ -612,7 +612,7 @@ def _refusing(address_fragment: str) -> Callable[[Document, Envelope], Verdict]:
 async def test_before_queue_reject_is_550_at_end_of_data_and_nothing_stored(
     relays: RelayRunner, sink: CaptureSink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("smtpguard.relay.inspect_document", _refusing("dan.hart"))
+    monkeypatch.setattr("smtpguard.relay.decide_verdict", _refusing("dan.hart"))
     service = await relays.start({"server": {"mode": "before-queue"}})
     with pytest.raises(aiosmtplib.SMTPDataError) as refused:
         await _send(_port(service), ["dan.hart77@gmail.com"])
@@ -626,7 +626,7 @@ async def test_before_queue_reject_is_550_at_end_of_data_and_nothing_stored(
 async def test_after_queue_reject_bounces_to_sender_without_content_and_delivers_the_rest(
     relays: RelayRunner, sink: CaptureSink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("smtpguard.relay.inspect_document", _refusing("dan.hart"))
+    monkeypatch.setattr("smtpguard.relay.decide_verdict", _refusing("dan.hart"))
     service = await relays.start()
     _, reply = await _send(
         _port(service), ["dan.hart77@gmail.com", "s.mills@millsandco-solicitors.co.uk"]
@@ -651,17 +651,17 @@ async def test_after_queue_reject_bounces_to_sender_without_content_and_delivers
 async def test_when_scanning_fails_then_nothing_leaves_unscanned_and_scan_is_retried(
     relays: RelayRunner, sink: CaptureSink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from smtpguard.inspect import inspect_document
+    from smtpguard.decide import decide_verdict
 
     calls: list[int] = []
 
-    def broken_then_fine(document: Document, envelope: Envelope) -> Verdict:
+    def broken_then_fine(envelope: Envelope, findings: tuple[Finding, ...]) -> Verdict:
         calls.append(1)
         if len(calls) == 1:
-            raise RuntimeError("a detector bug")
-        return inspect_document(document, envelope)
+            raise RuntimeError("a policy bug")
+        return decide_verdict(envelope, findings)
 
-    monkeypatch.setattr("smtpguard.relay.inspect_document", broken_then_fine)
+    monkeypatch.setattr("smtpguard.relay.decide_verdict", broken_then_fine)
     service = await relays.start({"delivery": {"retry_initial": "500ms"}})
     _, reply = await _send(_port(service), ["a@example.org"])
     await asyncio.sleep(0.2)
@@ -715,18 +715,18 @@ async def test_when_message_carries_attachments_then_relay_reads_them_in_workers
     import io
     import zipfile
 
-    from smtpguard.inspect import inspect_document
+    from smtpguard.decide import decide_verdict
 
-    seen: list[Document] = []
+    seen: list[tuple[Finding, ...]] = []
 
-    def recording(document: Document, envelope: Envelope) -> Verdict:
-        seen.append(document)
-        return inspect_document(document, envelope)
+    def recording(envelope: Envelope, findings: tuple[Finding, ...]) -> Verdict:
+        seen.append(findings)
+        return decide_verdict(envelope, findings)
 
-    monkeypatch.setattr("smtpguard.relay.inspect_document", recording)
+    monkeypatch.setattr("smtpguard.relay.decide_verdict", recording)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr("minutes.txt", "Minutes of the strategy meeting")
+        archive.writestr("minutes.txt", "Minutes: NHS number 943 476 5919 discussed")
     from email.message import EmailMessage
     from email.policy import SMTP as SMTP_POLICY
 
@@ -741,6 +741,7 @@ async def test_when_message_carries_attachments_then_relay_reads_them_in_workers
     await _send(_port(service), ["a@example.org"], content=raw)
     [captured] = await sink.handler.wait_for(1)
     assert _after_received(captured.content) == raw
-    [document] = seen
-    paths = {p.path: p for p in document.parts}
-    assert paths["attachment:bundle.zip/minutes.txt"].text == "Minutes of the strategy meeting"
+    [findings] = seen
+    [nhs] = [f for f in findings if f.detector == "nhs_number"]
+    assert nhs.location == "attachment:bundle.zip/minutes.txt"
+    assert "943 476 5919" not in nhs.excerpt

@@ -15,14 +15,16 @@ import re
 import resource
 from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Generic, TypeVar
 
 import structlog
 from pebble import ProcessExpired, ProcessPool
 
-from smtpguard.parse.document import parse_message
 from smtpguard.parse.model import Document, Limits, Part
 
 log = structlog.get_logger("smtpguard.parse")
+
+Result = TypeVar("Result")
 
 
 def kill_after(limits: Limits) -> float:
@@ -58,17 +60,20 @@ def carries_only_short_text(raw: bytes) -> bool:
     return not declared or (len(declared) == 1 and declared[0].strip().lower() == b"text/plain")
 
 
-class ParsePool:
+class ParsePool(Generic[Result]):
     def __init__(
         self,
         workers: int,
         limits: Limits,
         worker_memory: int,
-        reader: Callable[[bytes, Limits], Document] = parse_message,
+        reader: Callable[[bytes, Limits], Result],
+        unreadable: Callable[[str, int], Result],
     ) -> None:
-        """`reader` runs in the workers: parse_message, unless a test needs a hostile one."""
+        """`reader` runs in the workers (parse_message, or parse and detect together);
+        `unreadable(reason, size)` stands for a message no worker could read."""
         self.limits = limits
         self._reader = reader
+        self._unreadable = unreadable
         self._pool = ProcessPool(
             max_workers=workers,
             max_tasks=500,  # recycle workers now and then: parsers can leak
@@ -77,12 +82,12 @@ class ParsePool:
             context=multiprocessing.get_context("forkserver"),
         )
 
-    async def parse(self, raw: bytes) -> Document:
-        """The message's Document; never raises for anything the message contains."""
+    async def parse(self, raw: bytes) -> Result:
+        """What the reader makes of the message; never raises for anything it contains."""
         if carries_only_short_text(raw):
             # No attachment to be hostile, and too short to hold the loop for long:
             # reading it here saves the round trip to a worker.
-            return parse_message(raw, self.limits)
+            return self._reader(raw, self.limits)
         future = self._pool.schedule(
             self._reader,
             args=(raw, self.limits),
@@ -92,12 +97,12 @@ class ParsePool:
             return await asyncio.wrap_future(future)
         except FutureTimeout:
             log.warning("parse.worker_killed", reason="timeout", size=len(raw))
-            return unreadable_message("the message took too long to read", len(raw))
+            return self._unreadable("the message took too long to read", len(raw))
         except ProcessExpired as exc:
             log.warning("parse.worker_died", exitcode=exc.exitcode, size=len(raw))
-            return unreadable_message("reading the message crashed a worker", len(raw))
+            return self._unreadable("reading the message crashed a worker", len(raw))
         except MemoryError:
-            return unreadable_message("the message needs too much memory to read", len(raw))
+            return self._unreadable("the message needs too much memory to read", len(raw))
 
     def close(self) -> None:
         self._pool.stop()  # type: ignore[no-untyped-call]
