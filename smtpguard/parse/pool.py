@@ -46,7 +46,7 @@ def unreadable_message(reason: str, size: int) -> Document:
     )
 
 
-_INLINE_LIMIT = 64 * 1024
+_INLINE_LIMIT = 8 * 1024  # read (and scanned) on the loop in about a millisecond
 _CONTENT_TYPE = re.compile(rb"^content-type:[ \t]*([^;\r\n]*)", re.IGNORECASE | re.MULTILINE)
 
 
