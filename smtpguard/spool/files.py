@@ -135,9 +135,6 @@ class SpoolFolder:
         with open(self._final(message_id), "rb") as spool_file:
             return SpoolHeader.decode(spool_file.readline())
 
-    def exists(self, message_id: str) -> bool:
-        return self._final(message_id).exists()
-
     def remove(self, message_id: str) -> None:
         self._final(message_id).unlink(missing_ok=True)
 
