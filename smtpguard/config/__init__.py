@@ -161,6 +161,7 @@ _FILE_SETTINGS = (
     ("upstream", "password_file"),
     ("server", "tls", "certificate"),
     ("server", "tls", "key"),
+    ("detect", "edm", "key_file"),
 )
 
 
@@ -208,7 +209,22 @@ def _with_resolved_paths(config: Config, base: Path) -> Config:
         )
     server = config.server.model_copy(update={"tls": tls})
     store = config.store.model_copy(update={"data_dir": _resolve(base, config.store.data_dir)})
-    return config.model_copy(update={"server": server, "upstream": upstream, "store": store})
+    detect = config.detect
+    detect = detect.model_copy(
+        update={
+            "keywords": detect.keywords and tuple(_resolve(base, p) for p in detect.keywords),
+            "edm": detect.edm
+            and detect.edm.model_copy(
+                update={
+                    "key_file": _resolve(base, detect.edm.key_file),
+                    "registers": tuple(_resolve(base, p) for p in detect.edm.registers),
+                }
+            ),
+        }
+    )
+    return config.model_copy(
+        update={"server": server, "upstream": upstream, "store": store, "detect": detect}
+    )
 
 
 def _apply(config: Config, overrides: Overrides, source: Path) -> Config:

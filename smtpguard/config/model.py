@@ -181,6 +181,74 @@ class ParseConfig(_Section):
         )
 
 
+DETECTOR_NAMES = frozenset(
+    {
+        "nhs_number",
+        "chi_number",
+        "ni_number",
+        "postcode",
+        "payment_card",
+        "bank_account",
+        "phone_number",
+        "date_of_birth",
+        "email_addresses",
+        "protective_marking",
+        "encryption_request",
+        "keywords",
+        "case_reference",
+        "edm_person",
+        "edm_protected_address",
+        "bulk_identifiers",
+    }
+)
+
+
+def _detector_name(value: object) -> object:
+    if isinstance(value, str) and value not in DETECTOR_NAMES:
+        known = ", ".join(sorted(DETECTOR_NAMES))
+        raise ValueError(f"no detector named {value!r} (known: {known})")
+    return value
+
+
+DetectorName = Annotated[str, BeforeValidator(_detector_name)]
+
+
+def _regex(value: object) -> object:
+    if isinstance(value, str):
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {value!r} ({exc})") from None
+    return value
+
+
+Pattern = Annotated[str, BeforeValidator(_regex)]
+
+
+class EdmConfig(_Section):
+    """Exact data match: registers hashed by `smtpguard edm build`, and their key."""
+
+    key_file: Path
+    registers: tuple[Path, ...] = Field(min_length=1)
+
+
+class BulkConfig(_Section):
+    # This many distinct personal identifiers in one message is a caseload, not a letter.
+    min_distinct: Count = Field(default=10, ge=2)
+
+
+class DetectConfig(_Section):
+    """Which detectors run and the council's own data for them."""
+
+    disabled: tuple[DetectorName, ...] = ()
+    # Keyword dictionaries; unset: the ones shipped in config/keywords.
+    keywords: tuple[Path, ...] | None = None
+    # Case reference formats, each with named groups `prefix` and `number`; unset: CS-/AS-nnnnnn.
+    case_references: tuple[Pattern, ...] | None = Field(default=None, min_length=1)
+    bulk: BulkConfig = BulkConfig()
+    edm: EdmConfig | None = None
+
+
 class LoggingConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -192,4 +260,5 @@ class Config(_Section):
     delivery: DeliveryConfig = DeliveryConfig()
     store: StoreConfig = StoreConfig()
     parse: ParseConfig = ParseConfig()
+    detect: DetectConfig = DetectConfig()
     logging: LoggingConfig = LoggingConfig()
