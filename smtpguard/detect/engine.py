@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from smtpguard.detect.base import Confidence, Detector, Hit
+from smtpguard.detect.prefilter import scan_detectors
 from smtpguard.parse.model import Document, Flag, Part
 
 # Parse flags that become findings, and under which detector name.
@@ -68,11 +69,14 @@ def scan_texts(
 ) -> list[Located]:
     located = []
     for item in texts:
-        found = [
-            Located(detector, item.location, hit)
+        readers = [
+            detector
             for detector in detectors
             if item.location == "subject" or detector.name not in subject_only
-            for hit in detector.scan(item.text)
+        ]
+        found = [
+            Located(detector, item.location, hit)
+            for detector, hit in scan_detectors(item.text, readers)
         ]
         located += _near_identifiers(found, identifiers)
     return located

@@ -30,6 +30,9 @@ class BankAccountDetector:
     """Finds sort code + account number pairs; HIGH with a banking word nearby."""
 
     name: str = "bank_account"
+    # Where the prefilter looks (see detect/prefilter.py): a sort code; the account is near.
+    triggers: tuple[str, ...] = (r"\d\d(?:-\d\d-\d\d| \d\d \d\d|\d{4})",)
+    reach: tuple[int, int] = (80, 80)
 
     def scan(self, text: str) -> list[Hit]:
         if not _SIX_DIGITS.search(text):

@@ -30,8 +30,13 @@ class CaseReferenceDetector:
 
     name = "case_reference"
 
+    # The configured patterns are their own triggers (see detect/prefilter.py);
+    # with lookarounds they match approximately, so reach counts back from the end.
+    reach: tuple[int, int] = (64, 0)
+
     def __init__(self, patterns: Sequence[re.Pattern[str]]) -> None:
         self._patterns = tuple(patterns)
+        self.triggers: tuple[str, ...] = tuple(f"(?i){p.pattern}" for p in patterns)
 
     def scan(self, text: str) -> list[Hit]:
         hits: list[Hit] = []

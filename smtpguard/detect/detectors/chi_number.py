@@ -44,6 +44,9 @@ class ChiNumberDetector:
     """Finds CHI numbers by date prefix and checksum; HIGH only beside "CHI"."""
 
     name: str = "chi_number"
+    # Where the prefilter looks (see detect/prefilter.py): ten digits in either grouping.
+    triggers: tuple[str, ...] = (r"\d{6}[ \t\r\n\-]*\d{4}|\d\d[ \t\r\n\-]*\d{3}[ \t\r\n\-]*\d{4}",)
+    reach: tuple[int, int] = (0, 0)
 
     def scan(self, text: str) -> list[Hit]:
         hits: list[Hit] = []

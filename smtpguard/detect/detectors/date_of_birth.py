@@ -63,6 +63,9 @@ class DateOfBirthDetector:
     """Finds dates right after a birth cue; HIGH, because the cue says what the date is."""
 
     name: str = "date_of_birth"
+    # Where the prefilter looks (see detect/prefilter.py): the cue; the date follows.
+    triggers: tuple[str, ...] = (r"(?i)(?:d\.?\s?o\.?\s?b|date\s+of\s+birth|birth\s*date|born)",)
+    reach: tuple[int, int] = (0, 64)
 
     def scan(self, text: str) -> list[Hit]:
         hits: list[Hit] = []

@@ -21,6 +21,9 @@ class EmailAddressDetector:
     """Finds email addresses; LOW, because the policy counts them."""
 
     name: str = "email_addresses"
+    # Where the prefilter looks (see detect/prefilter.py): the @ between address characters.
+    triggers: tuple[str, ...] = (r"[A-Za-z0-9._%+\-]@[A-Za-z0-9\-]",)
+    reach: tuple[int, int] = (64, 600)
 
     def scan(self, text: str) -> list[Hit]:
         if "@" not in text:

@@ -117,9 +117,14 @@ class KeywordDetector:
         self._terms = {term.value: term for term in terms}
         self._by_key = by_key
         self._regex: re.Pattern[str] | None = None
+        # Where the prefilter looks (see detect/prefilter.py): the terms themselves.
+        self.triggers: tuple[str, ...] = ()
+        self.reach: tuple[int, int] = (0, 8)
         if phrases:
             source = _trie_regex(phrases)
             self._regex = re.compile(rf"(?<!\w){source}s?(?!\w)", re.IGNORECASE)
+            # One expression per phrase: Hyperscan's literal matchers beat one big alternation.
+            self.triggers = tuple(rf"(?i)\b{_trie_regex([phrase])}" for phrase in phrases)
 
     @property
     def terms(self) -> tuple[KeywordTerm, ...]:

@@ -46,6 +46,9 @@ class NhsNumberDetector:
     """Finds NHS and H&C numbers by format, checksum and context."""
 
     name: str = "nhs_number"
+    # Where the prefilter looks (see detect/prefilter.py): three, three and four digits.
+    triggers: tuple[str, ...] = (r"\d{3}[ \t\r\n\-]*\d{3}[ \t\r\n\-]*\d{4}",)
+    reach: tuple[int, int] = (0, 0)
 
     def scan(self, text: str) -> list[Hit]:
         hits: list[Hit] = []

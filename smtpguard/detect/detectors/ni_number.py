@@ -29,6 +29,9 @@ class NiNumberDetector:
     """Finds NINOs; HIGH beside "NI", "NINO" or "national insurance"."""
 
     name: str = "ni_number"
+    # Where the prefilter looks (see detect/prefilter.py): two letters and six digits.
+    triggers: tuple[str, ...] = (r"(?i)[A-Z]{2}[ \t]?\d\d[ \t]?\d\d[ \t]?\d\d",)
+    reach: tuple[int, int] = (0, 2)
 
     def scan(self, text: str) -> list[Hit]:
         hits: list[Hit] = []

@@ -57,6 +57,9 @@ class PaymentCardDetector:
     """Finds card numbers; HIGH with a card word nearby."""
 
     name: str = "payment_card"
+    # Where the prefilter looks (see detect/prefilter.py): the first eight digits.
+    triggers: tuple[str, ...] = (r"\d{4}[ \-]?\d{4}",)
+    reach: tuple[int, int] = (0, 40)
 
     def scan(self, text: str) -> list[Hit]:
         hits: list[Hit] = []

@@ -26,6 +26,9 @@ class PhoneNumberDetector:
     """Finds UK phone numbers; always LOW."""
 
     name: str = "phone_number"
+    # Where the prefilter looks (see detect/prefilter.py): +44, (0 or a leading 0 and digits.
+    triggers: tuple[str, ...] = (r"(?:\+|00)44|\(0\d|\b0\d{2,4}[ \t\-]?\d{3}",)
+    reach: tuple[int, int] = (0, 16)
 
     def scan(self, text: str) -> list[Hit]:
         hits: list[Hit] = []

@@ -31,6 +31,9 @@ class PostcodeDetector:
     """Finds UK postcodes; always MEDIUM."""
 
     name: str = "postcode"
+    # Where the prefilter looks (see detect/prefilter.py): outward code, digit, two letters.
+    triggers: tuple[str, ...] = (r"(?i)[A-Z]{1,2}\d[A-Z\d]?[ \t]?\d[A-Z]{2}|GIR[ \t]?0AA",)
+    reach: tuple[int, int] = (0, 0)
 
     def scan(self, text: str) -> list[Hit]:
         if not _HAS_DIGIT_LETTERS.search(text):

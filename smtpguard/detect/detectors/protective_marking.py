@@ -66,6 +66,9 @@ class ProtectiveMarkingDetector:
     """Finds OFFICIAL-SENSITIVE (and descriptors) and the legacy GPMS markings."""
 
     name = "protective_marking"
+    # Where the prefilter looks (see detect/prefilter.py): the marking's base word.
+    triggers: tuple[str, ...] = (r"(?i)official|protect|restricted|secret",)
+    reach: tuple[int, int] = (8, 48)
 
     def scan(self, text: str) -> list[Hit]:
         hits: list[Hit] = []
