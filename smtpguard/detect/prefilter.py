@@ -70,13 +70,14 @@ def _compile(detectors: tuple[Detector, ...]) -> _Compiled | None:
     expressions: list[bytes] = []
     flags: list[int] = []
     owners: list[int] = []
+    triggered: list[bool] = []
     for index, detector in enumerate(detectors):
-        if isinstance(detector, Triggered):
-            for trigger in detector.triggers:
-                expression = _pcre(trigger)
-                expressions.append(expression)
-                flags.append(_flags_for(expression))
-                owners.append(index)
+        compiled = _triggers_of(detector)
+        triggered.append(compiled is not None)
+        for expression, flag in compiled or ():
+            expressions.append(expression)
+            flags.append(flag)
+            owners.append(index)
     if not expressions:
         return None
     database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
@@ -87,30 +88,42 @@ def _compile(detectors: tuple[Detector, ...]) -> _Compiled | None:
         flags=flags,
     )
     approximate = tuple(not f & hyperscan.HS_FLAG_SOM_LEFTMOST for f in flags)
-    triggered = tuple(isinstance(detector, Triggered) for detector in detectors)
-    return _Compiled(database, tuple(owners), approximate, triggered)
+    return _Compiled(database, tuple(owners), approximate, tuple(triggered))
 
 
-def _pcre(trigger: str) -> bytes:
-    """Python's \\uXXXX escapes in Hyperscan's spelling (an admin's pattern may use them)."""
-    return _PYTHON_ESCAPE.sub(r"\\x{\1}", trigger).encode()
+def _triggers_of(detector: Detector) -> list[tuple[bytes, int]] | None:
+    """A detector's triggers with their flags; None when it must read the whole text."""
+    if not isinstance(detector, Triggered) or not detector.triggers:
+        return None
+    compiled = []
+    for trigger in detector.triggers:
+        expression = _PYTHON_ESCAPE.sub(r"\\x{\1}", trigger).encode()
+        flag = _flags_for(expression)
+        if flag is None:
+            return None
+        compiled.append((expression, flag))
+    return compiled
 
 
-def _flags_for(expression: bytes) -> int:
+def _flags_for(expression: bytes) -> int | None:
     """Exact with start offsets where Hyperscan supports the expression; else approximate.
 
     An admin's case reference pattern may use lookarounds, which Hyperscan
     matches only in prefilter mode (a superset, end offsets only): the
-    detector's `reach` before then counts from the end of the match.
+    detector's `reach` before then counts from the end of the match. A
+    pattern Hyperscan cannot read at all (None) leaves its detector reading
+    the whole text.
     """
     exact = hyperscan.HS_FLAG_UTF8 | hyperscan.HS_FLAG_SOM_LEFTMOST
-    try:
-        hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK).compile(
-            expressions=[expression], ids=[0], elements=1, flags=[exact]
-        )
-    except hyperscan.error:
-        return hyperscan.HS_FLAG_UTF8 | hyperscan.HS_FLAG_PREFILTER
-    return exact
+    for flag in (exact, hyperscan.HS_FLAG_UTF8 | hyperscan.HS_FLAG_PREFILTER):
+        try:
+            hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK).compile(
+                expressions=[expression], ids=[0], elements=1, flags=[flag]
+            )
+        except hyperscan.error:
+            continue
+        return flag
+    return None
 
 
 def scan_detectors(text: str, detectors: Sequence[Detector]) -> list[tuple[Detector, Hit]]:

@@ -129,6 +129,16 @@ def test_a_configured_pattern_with_lookarounds_is_matched_approximately() -> Non
     assert sorted(h.value for _, h in found) == ["LA-12345", "LA-54321"]
 
 
+def test_a_pattern_hyperscan_cannot_read_leaves_its_detector_reading_everything() -> None:
+    # A possessive quantifier: valid for Python 3.11, refused by Hyperscan in every mode.
+    pattern = r"(?P<prefix>LA)-?(?P<number>\d{5}+)(?!\d)"
+    detector = case_reference.build([pattern])
+    assert prefilter._triggers_of(detector) is None
+    text = ("filler " * 100) + "LA-12345 and la12345"
+    found = scan_detectors(text, (detector, *DETECTORS))
+    assert sorted(h.value for d, h in found if d is detector) == ["LA-12345", "LA-12345"]
+
+
 def test_a_detector_without_triggers_reads_the_whole_text() -> None:
     class Everything:
         name = "everything"
