@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import re
 import signal
@@ -332,7 +333,7 @@ class RelayService:
             config.parse.workers,
             config.parse.limits(),
             config.parse.worker_memory,
-            reader=read_message,
+            reader=functools.partial(read_message, settings=config.detect),
             unreadable=unreadable_reading,
         )
         self.relay = Relay(config, self.store, self.queue, self.parser)
@@ -399,6 +400,7 @@ class RelayService:
         self.config = new
         self.relay.config = new
         self.parser.limits = new.parse.limits()
+        self.parser.reader = functools.partial(read_message, settings=new.detect)
         self.listener.settings = listener_settings(new.server)
         self.queue.config = new.delivery
         if new.upstream != self.upstream.config:

@@ -101,7 +101,7 @@ def _scan(args: argparse.Namespace) -> int:
         client_name="scan",
         received_at=time.time(),
     )
-    verdict = inspect_message(raw, envelope, config.parse.limits())
+    verdict = inspect_message(raw, envelope, config.parse.limits(), config.detect)
     result = {
         "verdict": verdict.action.value,
         "recipients": {

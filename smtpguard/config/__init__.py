@@ -283,4 +283,17 @@ def load_config(path: Path, overrides: Overrides | None = None) -> Config:
     if file_problems:
         raise ConfigError(file_problems)
     config = _with_resolved_paths(config, path.parent.absolute())
+    _check_detectors(config, node, path)
     return _apply(config, overrides or Overrides(), path)
+
+
+def _check_detectors(config: Config, node: yaml.Node | None, source: Path) -> None:
+    """Keyword dictionaries and exact-data-match registers are read now, not at first mail."""
+    from smtpguard.detect.registry import configured_detectors
+
+    try:
+        configured_detectors(config.detect)
+    except ValueError as exc:
+        raise ConfigError(
+            [Problem(source, _line_of(node, ("detect",)), f"detect: {exc}")]
+        ) from None

@@ -11,14 +11,30 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from smtpguard.config.model import DetectConfig
 from smtpguard.detect.base import Confidence, Detector, Hit
 from smtpguard.detect.detectors import protective_marking
 from smtpguard.detect.detectors.protective_marking import markings_from_msip_labels
-from smtpguard.detect.engine import Located, flag_findings, group, scan_texts, texts_of
-from smtpguard.detect.registry import IDENTIFIERS, SUBJECT_ONLY, default_detectors
+from smtpguard.detect.engine import (
+    Located,
+    bulk_finding,
+    flag_findings,
+    group,
+    scan_texts,
+    texts_of,
+)
+from smtpguard.detect.registry import (
+    BULK_STRONG,
+    BULK_WEAK,
+    DEFAULT_BULK_MIN_DISTINCT,
+    IDENTIFIERS,
+    SUBJECT_ONLY,
+    configured_detectors,
+    default_detectors,
+)
 from smtpguard.parse import Document
 
-__all__ = ["Confidence", "Detector", "Finding", "Hit", "detect_findings"]
+__all__ = ["Confidence", "Detector", "Finding", "Hit", "detect_findings", "findings_with"]
 
 
 @dataclass(frozen=True)
@@ -31,9 +47,15 @@ class Finding:
 
 
 def detect_findings(
-    document: Document, detectors: Sequence[Detector] | None = None
+    document: Document,
+    detectors: Sequence[Detector] | None = None,
+    *,
+    bulk_min_distinct: int | None = DEFAULT_BULK_MIN_DISTINCT,
 ) -> tuple[Finding, ...]:
-    """Findings over every text (the default detectors unless given), plus the parse flags."""
+    """Findings over every text (the default detectors unless given), plus the parse flags.
+
+    `bulk_min_distinct=None` turns the bulk count off.
+    """
     if detectors is None:
         detectors = default_detectors()
     located = scan_texts(
@@ -41,7 +63,19 @@ def detect_findings(
     )
     located += _label_markings(document, detectors)
     grouped = group(located) + flag_findings(document.parts)
+    if bulk_min_distinct is not None:
+        bulk = bulk_finding(located, BULK_STRONG, BULK_WEAK, bulk_min_distinct)
+        if bulk is not None:
+            grouped.append(bulk)
     return tuple(Finding(g.detector, g.location, g.confidence, g.count, g.excerpt) for g in grouped)
+
+
+def findings_with(document: Document, settings: DetectConfig) -> tuple[Finding, ...]:
+    """Findings with the detectors a config asks for."""
+    configured = configured_detectors(settings)
+    return detect_findings(
+        document, configured.detectors, bulk_min_distinct=configured.bulk_min_distinct
+    )
 
 
 def _label_markings(document: Document, detectors: Sequence[Detector]) -> list[Located]:

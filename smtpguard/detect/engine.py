@@ -9,7 +9,7 @@ themselves stay inside this function.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from smtpguard.detect.base import Confidence, Detector, Hit
@@ -131,6 +131,46 @@ def group(located: Iterable[Located]) -> list[Grouped]:
             )
         )
     return grouped
+
+
+def bulk_finding(
+    located: Iterable[Located],
+    strong: Mapping[str, str],
+    weak: Mapping[str, str],
+    min_distinct: int,
+) -> Grouped | None:
+    """Many distinct identifiers in one message: a caseload, not a letter about one family.
+
+    `strong` and `weak` map detector names to the plural a reviewer reads.
+    HIGH when the strong kinds alone reach `min_distinct`, MEDIUM when they
+    make at least half of it, LOW when phone numbers, postcodes and email
+    addresses make up the rest.
+    """
+    values: dict[str, set[str]] = defaultdict(set)
+    locations: set[str] = set()
+    for item in located:
+        name = item.detector.name
+        if name in weak or (name in strong and item.hit.confidence >= Confidence.MEDIUM):
+            values[name].add(item.hit.value)
+            locations.add(item.location)
+    strong_count = sum(len(v) for name, v in values.items() if name in strong)
+    total = sum(len(v) for v in values.values())
+    if total < min_distinct:
+        return None
+    if strong_count >= min_distinct:
+        confidence = Confidence.HIGH
+    elif strong_count * 2 >= min_distinct:
+        confidence = Confidence.MEDIUM
+    else:
+        confidence = Confidence.LOW
+    words = {**strong, **weak}
+    rank = list(words)
+    kinds = sorted(values, key=lambda name: (-len(values[name]), rank.index(name)))
+    excerpt = f"{total} distinct identifiers: " + ", ".join(
+        f"{len(values[name])} {words[name]}" for name in kinds
+    )
+    location = locations.pop() if len(locations) == 1 else "message"
+    return Grouped("bulk_identifiers", location, confidence, total, excerpt)
 
 
 def flag_findings(parts: Iterable[Part]) -> list[Grouped]:

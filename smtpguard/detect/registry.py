@@ -1,9 +1,22 @@
-"""The default detectors, registered explicitly: one line each, in one place."""
+"""The detectors, registered explicitly: one line each, in one place.
+
+`default_detectors()` is the shipped set with the example council's case
+reference formats, for `scan` without a config, tests and benchmarks.
+`configured_detectors(settings)` builds the set a config asks for: its
+keyword dictionaries, case reference formats, exact-data-match registers,
+minus the detectors it disables. Worker processes build it once per
+settings (and again when a register or dictionary file changes on disk).
+"""
 
 from __future__ import annotations
 
 import functools
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
 
+from smtpguard.config.model import DetectConfig
 from smtpguard.detect.base import Detector
 from smtpguard.detect.detectors import (
     bank_account,
@@ -33,13 +46,40 @@ IDENTIFIERS = frozenset(
         payment_card.DETECTOR.name,
         bank_account.DETECTOR.name,
         case_reference.DETECTOR.name,
+        "edm_person",
+        "edm_protected_address",
     }
 )
+BULK = "bulk_identifiers"
+# What counts toward bulk, in the words a reviewer reads. Strong kinds (at
+# medium confidence or more) can make a caseload on their own; weak ones
+# (a staff phone list) only add to it.
+BULK_STRONG = {
+    nhs_number.DETECTOR.name: "NHS numbers",
+    chi_number.DETECTOR.name: "CHI numbers",
+    ni_number.DETECTOR.name: "National Insurance numbers",
+    payment_card.DETECTOR.name: "card numbers",
+    bank_account.DETECTOR.name: "bank accounts",
+    date_of_birth.DETECTOR.name: "dates of birth",
+    case_reference.DETECTOR.name: "case references",
+    "edm_person": "people on the case register",
+    "edm_protected_address": "protected addresses",
+}
+BULK_WEAK = {
+    postcode.DETECTOR.name: "postcodes",
+    phone_number.DETECTOR.name: "phone numbers",
+    email_addresses.DETECTOR.name: "email addresses",
+}
+DEFAULT_BULK_MIN_DISTINCT = DetectConfig().bulk.min_distinct
 
 
-@functools.cache
-def default_detectors() -> tuple[Detector, ...]:
-    """Built once per process: the keyword dictionaries are read from config/keywords."""
+@dataclass(frozen=True)
+class DetectorSet:
+    detectors: tuple[Detector, ...]
+    bulk_min_distinct: int | None  # None: bulk_identifiers is disabled
+
+
+def _identifiers_and_markings() -> tuple[Detector, ...]:
     return (
         nhs_number.DETECTOR,
         chi_number.DETECTOR,
@@ -52,6 +92,59 @@ def default_detectors() -> tuple[Detector, ...]:
         email_addresses.DETECTOR,
         protective_marking.DETECTOR,
         encryption_request.DETECTOR,
-        case_reference.DETECTOR,
-        keywords.load_default(),
+    )
+
+
+@functools.cache
+def default_detectors() -> tuple[Detector, ...]:
+    """Built once per process: the keyword dictionaries are read from disk."""
+    return (*_identifiers_and_markings(), case_reference.DETECTOR, keywords.load_default())
+
+
+def configured_detectors(settings: DetectConfig) -> DetectorSet:
+    """The set `settings` asks for, rebuilt only when it or one of its files changed."""
+    return _build(settings, _stamps(_files_of(settings)))
+
+
+def _files_of(settings: DetectConfig) -> list[Path]:
+    files = list(settings.keywords or ())
+    if settings.edm is not None:
+        files += [settings.edm.key_file, *settings.edm.registers]
+    return files
+
+
+def _stamps(paths: Iterable[Path]) -> tuple[tuple[str, int, int], ...]:
+    stamps = []
+    for path in paths:
+        try:
+            status = os.stat(path)
+        except OSError:
+            stamps.append((str(path), -1, -1))  # _build reports the file
+        else:
+            stamps.append((str(path), status.st_mtime_ns, status.st_size))
+    return tuple(stamps)
+
+
+@functools.lru_cache(maxsize=4)
+def _build(settings: DetectConfig, stamps: tuple[tuple[str, int, int], ...]) -> DetectorSet:
+    """Raises ValueError naming the file and the problem (a config error)."""
+    disabled = frozenset(settings.disabled)
+    built: list[Detector] = list(_identifiers_and_markings())
+    built.append(
+        case_reference.build(settings.case_references)
+        if settings.case_references is not None
+        else case_reference.DETECTOR
+    )
+    built.append(
+        keywords.build(list(settings.keywords))
+        if settings.keywords is not None
+        else keywords.load_default()
+    )
+    if settings.edm is not None:
+        from smtpguard.detect.edm import load_edm_detectors
+
+        built += load_edm_detectors(settings.edm.key_file, settings.edm.registers)
+    return DetectorSet(
+        tuple(d for d in built if d.name not in disabled),
+        None if BULK in disabled else settings.bulk.min_distinct,
     )

@@ -72,7 +72,7 @@ class ParsePool(Generic[Result]):
         """`reader` runs in the workers (parse_message, or parse and detect together);
         `unreadable(reason, size)` stands for a message no worker could read."""
         self.limits = limits
-        self._reader = reader
+        self.reader = reader  # replaced on reload, with the new config's detectors
         self._unreadable = unreadable
         self._pool = ProcessPool(
             max_workers=workers,
@@ -87,9 +87,9 @@ class ParsePool(Generic[Result]):
         if carries_only_short_text(raw):
             # No attachment to be hostile, and too short to hold the loop for long:
             # reading it here saves the round trip to a worker.
-            return self._reader(raw, self.limits)
+            return self.reader(raw, self.limits)
         future = self._pool.schedule(
-            self._reader,
+            self.reader,
             args=(raw, self.limits),
             timeout=kill_after(self.limits),
         )
