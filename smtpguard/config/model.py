@@ -237,6 +237,15 @@ class BulkConfig(_Section):
     min_distinct: Count = Field(default=10, ge=2)
 
 
+class MarkingsConfig(_Section):
+    """The council's own protective markings and Microsoft 365 sensitivity labels."""
+
+    # Marking words of the council's own, found like OFFICIAL-SENSITIVE.
+    extra: tuple[str, ...] = ()
+    # Label name (as in msip_labels' _Name) or label GUID -> the marking it means.
+    labels: dict[str, str] = {}
+
+
 class DetectConfig(_Section):
     """Which detectors run and the council's own data for them."""
 
@@ -245,6 +254,7 @@ class DetectConfig(_Section):
     keywords: tuple[Path, ...] | None = None
     # Case reference formats, each with named groups `prefix` and `number`; unset: CS-/AS-nnnnnn.
     case_references: tuple[Pattern, ...] | None = Field(default=None, min_length=1)
+    markings: MarkingsConfig = MarkingsConfig()
     bulk: BulkConfig = BulkConfig()
     edm: EdmConfig | None = None
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from smtpguard.config.model import DetectConfig
 from smtpguard.detect.base import Confidence, Detector, Hit
 from smtpguard.detect.detectors import protective_marking
-from smtpguard.detect.detectors.protective_marking import markings_from_msip_labels
+from smtpguard.detect.detectors.protective_marking import ProtectiveMarkingDetector
 from smtpguard.detect.engine import (
     Located,
     bulk_finding,
@@ -81,11 +81,11 @@ def findings_with(document: Document, settings: DetectConfig) -> tuple[Finding, 
 def _label_markings(document: Document, detectors: Sequence[Detector]) -> list[Located]:
     """Microsoft 365 sensitivity labels in the msip_labels header are markings too."""
     marking = next((d for d in detectors if d.name == protective_marking.DETECTOR.name), None)
-    if marking is None:
+    if not isinstance(marking, ProtectiveMarkingDetector):
         return []
     return [
         Located(marking, f"header:{name}", hit)
         for name, value in document.headers
         if name.lower() == "msip_labels"
-        for hit in markings_from_msip_labels(value)
+        for hit in marking.label_markings(value)
     ]

@@ -103,7 +103,7 @@ def default_detectors() -> tuple[Detector, ...]:
 
 def configured_detectors(settings: DetectConfig) -> DetectorSet:
     """The set `settings` asks for, rebuilt only when it or one of its files changed."""
-    return _build(settings, _stamps(_files_of(settings)))
+    return _build(settings.model_dump_json(), _stamps(_files_of(settings)))
 
 
 def _files_of(settings: DetectConfig) -> list[Path]:
@@ -126,10 +126,20 @@ def _stamps(paths: Iterable[Path]) -> tuple[tuple[str, int, int], ...]:
 
 
 @functools.lru_cache(maxsize=4)
-def _build(settings: DetectConfig, stamps: tuple[tuple[str, int, int], ...]) -> DetectorSet:
-    """Raises ValueError naming the file and the problem (a config error)."""
+def _build(settings_json: str, stamps: tuple[tuple[str, int, int], ...]) -> DetectorSet:
+    """Raises ValueError naming the file and the problem (a config error).
+
+    Keyed by the settings' JSON (hashable where the model, with its label
+    mapping, is not) and the files' stamps.
+    """
+    settings = DetectConfig.model_validate_json(settings_json)
     disabled = frozenset(settings.disabled)
-    built: list[Detector] = list(_identifiers_and_markings())
+    built: list[Detector] = [
+        protective_marking.build(settings.markings.extra, settings.markings.labels)
+        if d is protective_marking.DETECTOR
+        else d
+        for d in _identifiers_and_markings()
+    ]
     built.append(
         case_reference.build(settings.case_references)
         if settings.case_references is not None

@@ -198,3 +198,52 @@ def test_scan_uses_the_configured_detectors(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     detectors = {f["detector"] for f in json.loads(result.stdout)["findings"]}
     assert detectors == {"date_of_birth"}
+
+
+def test_a_councils_own_marking_is_found() -> None:
+    settings = DetectConfig(markings={"extra": ["Northshire Confidential"]})  # type: ignore[arg-type]
+    text = ("minutes " * 50) + "NORTHSHIRE CONFIDENTIAL and later northshire-confidential"
+    [finding] = [
+        f for f in findings_with(_document(text), settings) if f.detector == "protective_marking"
+    ]
+    assert (finding.count, finding.confidence) == (1, Confidence.HIGH)
+    assert finding.excerpt == "NORTHSHIRE CONFIDENTIAL"
+
+
+def test_a_councils_sensitivity_labels_map_to_markings() -> None:
+    guid = "3c8a1f0e-1111-4222-8333-944455556666"
+    other = "9d9d9d9d-1111-4222-8333-944455556666"
+    header = (
+        f"MSIP_Label_{guid}_Enabled=true; MSIP_Label_{guid}_Name=Social Care Cases; "
+        f"MSIP_Label_{other}_Enabled=true; MSIP_Label_{other}_Name=Team Only"
+    )
+    document = Document(
+        subject="", headers=(("msip_labels", header),), parts=(Part("body", "text", "hi"),)
+    )
+    plain = {f.detector for f in findings_with(document, DetectConfig())}
+    assert "protective_marking" not in plain
+    settings = DetectConfig(
+        markings={  # type: ignore[arg-type]
+            "labels": {
+                "social care cases": "OFFICIAL-SENSITIVE: PERSONAL",
+                other: "OFFICIAL",
+            }
+        }
+    )
+    [finding] = [
+        f for f in findings_with(document, settings) if f.detector == "protective_marking"
+    ]
+    assert (finding.location, finding.count) == ("header:msip_labels", 2)
+    detector = configured_detectors(settings).detectors
+    [marking] = [d for d in detector if d.name == "protective_marking"]
+    hits = marking.label_markings(header)  # type: ignore[attr-defined]
+    assert sorted((h.value, h.confidence) for h in hits) == [
+        ("OFFICIAL", Confidence.HIGH),
+        ("OFFICIAL-SENSITIVE: PERSONAL", Confidence.HIGH),
+    ]
+
+
+def test_an_empty_own_marking_is_refused(tmp_path: Path) -> None:
+    path = write_config(tmp_path, {"detect": {"markings": {"extra": ["--"]}}})
+    with pytest.raises(ConfigError, match="empty marking"):
+        load_config(path)

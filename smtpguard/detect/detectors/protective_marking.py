@@ -15,6 +15,7 @@ where Outlook records the sensitivity label the sender chose.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 
 from smtpguard.detect.base import Confidence, Hit
 
@@ -51,6 +52,8 @@ _MARKING = re.compile(
 _CAPS_BEFORE = re.compile(r"[A-Z]{2,}[ \t]+$")
 _CAPS_AFTER = re.compile(r"[ \t]+[A-Z]{2,}(?![a-z])")
 _NON_ALNUM = re.compile(r"[^a-z0-9]+")
+_SPACES = re.compile(r"(?:\\ )+")
+_EXTRA_SEP = rf"[ \\t_{_DASH}]+"
 
 
 def _canonical(base: str, descriptor: str | None) -> str:
@@ -66,9 +69,19 @@ class ProtectiveMarkingDetector:
     """Finds OFFICIAL-SENSITIVE (and descriptors) and the legacy GPMS markings."""
 
     name = "protective_marking"
-    # Where the prefilter looks (see detect/prefilter.py): the marking's base word.
-    triggers: tuple[str, ...] = (r"(?i)official|protect|restricted|secret",)
     reach: tuple[int, int] = (8, 48)
+
+    def __init__(self, extra: Sequence[str] = (), labels: Mapping[str, str] | None = None) -> None:
+        """`extra`: the council's own markings ("NORTHSHIRE CONFIDENTIAL"); `labels`:
+        its sensitivity label names or GUIDs mapped to the marking they mean."""
+        # Where the prefilter looks (see detect/prefilter.py): the marking's base word.
+        self.triggers: tuple[str, ...] = (r"(?i)official|protect|restricted|secret",)
+        self._extra: re.Pattern[str] | None = None
+        if extra:
+            words = "|".join(_SPACES.sub(_EXTRA_SEP, re.escape(e.strip())) for e in extra)
+            self._extra = re.compile(rf"(?<![A-Za-z0-9])(?:{words})(?![A-Za-z0-9])", re.I)
+            self.triggers += (f"(?i){words}",)
+        self._labels = {key.strip().lower(): value for key, value in (labels or {}).items()}
 
     def scan(self, text: str) -> list[Hit]:
         hits: list[Hit] = []
@@ -76,6 +89,26 @@ class ProtectiveMarkingDetector:
             hit = self._judge(text, match)
             if hit is not None:
                 hits.append(hit)
+        if self._extra is not None:
+            hits += self._own_markings(text, self._extra)
+        return hits
+
+    def label_markings(self, header_value: str) -> list[Hit]:
+        """Markings from an `msip_labels` header, with this council's label names."""
+        return markings_from_msip_labels(header_value, self._labels)
+
+    @staticmethod
+    def _own_markings(text: str, pattern: re.Pattern[str]) -> list[Hit]:
+        """A council's own marking: HIGH written in capitals or in brackets, else MEDIUM."""
+        hits = []
+        for match in pattern.finditer(text):
+            word = match.group()
+            bracketed = text[max(0, match.start() - 1) : match.start()] == "[" and (
+                text[match.end() : match.end() + 1] == "]"
+            )
+            confidence = Confidence.HIGH if word.isupper() or bracketed else Confidence.MEDIUM
+            value = " ".join(_NON_ALNUM.split(word.lower())).strip().upper()
+            hits.append(Hit(value, match.start(), match.end(), confidence))
         return hits
 
     def _judge(self, text: str, match: re.Match[str]) -> Hit | None:
@@ -129,6 +162,20 @@ class ProtectiveMarkingDetector:
 
 DETECTOR = ProtectiveMarkingDetector()
 
+
+def build(
+    extra: Sequence[str] = (), labels: Mapping[str, str] | None = None
+) -> ProtectiveMarkingDetector:
+    """The council's own markings and label names; every one must say something."""
+    for word in extra:
+        if not _NON_ALNUM.sub("", word.lower()):
+            raise ValueError(f"protective_marking: empty marking {word!r}")
+    for name, marking in (labels or {}).items():
+        if not name.strip() or not marking.strip():
+            raise ValueError(f"protective_marking: label {name!r} needs a name and a marking")
+    return ProtectiveMarkingDetector(extra, labels)
+
+
 # msip_labels: "MSIP_Label_<guid>_<Field>=<value>;" pairs, folded across lines.
 _MSIP_FIELD = re.compile(
     r"MSIP_Label_(?P<guid>[0-9A-Fa-f-]{8,})_(?P<field>[A-Za-z]+)=(?P<value>[^;\r\n]*)"
@@ -159,7 +206,9 @@ def _label_marking(name: str) -> tuple[str, Confidence] | None:
     return None
 
 
-def markings_from_msip_labels(header_value: str) -> list[Hit]:
+def markings_from_msip_labels(
+    header_value: str, labels: Mapping[str, str] | None = None
+) -> list[Hit]:
     """Markings from the sensitivity labels in an `msip_labels` header.
 
     Only labels not explicitly `_Enabled=false` count (a removed label says
@@ -180,7 +229,8 @@ def markings_from_msip_labels(header_value: str) -> list[Hit]:
     for guid, match in names:
         if guid in disabled:
             continue
-        mapped = _label_marking(match.group("value"))
+        own = (labels or {}).get(match.group("value").strip().lower()) or (labels or {}).get(guid)
+        mapped = (own, Confidence.HIGH) if own else _label_marking(match.group("value"))
         if mapped is not None:
             value, confidence = mapped
             hits.append(Hit(value, match.start("value"), match.end("value"), confidence))
