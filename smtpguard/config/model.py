@@ -234,7 +234,7 @@ class EdmConfig(_Section):
 
 class BulkConfig(_Section):
     # This many distinct personal identifiers in one message is a caseload, not a letter.
-    min_distinct: Count = Field(default=10, ge=2)
+    min_distinct: Count = Field(default=20, ge=2)
 
 
 class MarkingsConfig(_Section):
