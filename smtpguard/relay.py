@@ -15,7 +15,7 @@ import re
 import signal
 import socket
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from email.utils import formatdate
 from pathlib import Path
@@ -28,6 +28,7 @@ from smtpguard.act.queue import DeliveryQueue, Job
 from smtpguard.act.upstream import Upstream
 from smtpguard.config import Config, ConfigError, Overrides, load_config
 from smtpguard.decide import Action, Verdict, decide_verdict
+from smtpguard.detect import Finding
 from smtpguard.envelope import Envelope
 from smtpguard.inspect import Reading, read_message, unreadable_reading
 from smtpguard.listen import Listener, Receipt, listener_settings, replies
@@ -113,7 +114,7 @@ class Relay:
         content = received_header(envelope, self.config.server.hostname, message_id) + content
         verdict = None
         if self.config.server.mode == "before-queue":
-            verdict = await self._inspect(content, envelope)
+            verdict = await self._inspect(content, envelope, message_id)
         if verdict is not None and verdict.action is Action.REJECT:
             log.warning(
                 "message.rejected",
@@ -178,9 +179,17 @@ class Relay:
 
     # -- scanning ------------------------------------------------------------
 
-    async def _inspect(self, content: bytes, envelope: Envelope) -> Verdict:
+    async def _inspect(self, content: bytes, envelope: Envelope, message_id: str) -> Verdict:
         """Parse and detect in a worker process; decide here (it needs the envelope)."""
+        started = time.monotonic()
         reading = await self.parser.parse(content)
+        log.info(
+            "message.scanned",
+            id=message_id,
+            seconds=round(time.monotonic() - started, 4),
+            # Detector names and distinct counts: never a value, excerpt or file name.
+            findings=_finding_counts(reading.findings),
+        )
         return decide_verdict(envelope, reading.findings)
 
     def _scan_later(self, message_id: str, envelope: Envelope, content: bytes) -> None:
@@ -204,7 +213,7 @@ class Relay:
 
     async def _scan(self, message_id: str, envelope: Envelope, content: bytes) -> None:
         try:
-            verdict = await self._inspect(content, envelope)
+            verdict = await self._inspect(content, envelope, message_id)
             states = {
                 r: _recipient_state(verdict.recipients[r].action) for r in envelope.recipients
             }
@@ -295,6 +304,13 @@ class Relay:
     async def finish_scans(self, timeout: float) -> None:
         if self._scans:
             await asyncio.wait(set(self._scans), timeout=timeout)
+
+
+def _finding_counts(findings: Iterable[Finding]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for finding in findings:
+        counts[finding.detector] = counts.get(finding.detector, 0) + finding.count
+    return counts
 
 
 def _fired_rules(verdict: Verdict) -> list[str]:

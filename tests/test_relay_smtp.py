@@ -20,7 +20,7 @@ from smtpguard.decide import Action, RecipientVerdict, Verdict
 from smtpguard.detect import Finding
 from smtpguard.envelope import Envelope
 from smtpguard.spool import MessageState, RecipientState
-from tests.conftest import RelayRunner
+from tests.conftest import RelayRunner, write_config
 from tests.sink import CaptureSink
 
 SENDER = "j.okafor@northshire.gov.uk"
@@ -745,3 +745,47 @@ async def test_when_message_carries_attachments_then_relay_reads_them_in_workers
     [nhs] = [f for f in findings if f.detector == "nhs_number"]
     assert nhs.location == "attachment:bundle.zip/minutes.txt"
     assert "943 476 5919" not in nhs.excerpt
+
+
+DETECTABLE = (
+    b"From: j.okafor@northshire.gov.uk\r\nSubject: notes\r\n\r\n"
+    b"NHS number 943 476 5919, DOB 14/03/2015: a section 47 enquiry.\r\n"
+)
+
+
+async def test_workers_use_the_configured_detectors_and_a_reload_changes_them(
+    relays: RelayRunner, sink: CaptureSink
+) -> None:
+    service = await relays.start({"detect": {"disabled": ["nhs_number"]}})
+    with structlog.testing.capture_logs() as before:
+        await _send(_port(service), ["s.mills@millsandco-solicitors.co.uk"], DETECTABLE)
+        await sink.handler.wait_for(1, timeout=20)
+    write_config(relays.tmp_path, {"detect": {"disabled": ["keywords"]}})
+    assert service.reload()
+    with structlog.testing.capture_logs() as after:  # reload reconfigures logging
+        await _send(_port(service), ["s.mills@millsandco-solicitors.co.uk"], DETECTABLE)
+        await sink.handler.wait_for(2, timeout=20)
+    logs = before + after
+    first, second = [e["findings"] for e in logs if e["event"] == "message.scanned"]
+    assert "nhs_number" not in first
+    assert first["keywords"] == 1 and first["date_of_birth"] == 1
+    assert second["nhs_number"] == 1 and second["date_of_birth"] == 1
+    assert "keywords" not in second
+    assert "943 476 5919" not in repr(logs) and "9434765919" not in repr(logs)
+
+
+async def test_a_broken_keyword_file_is_refused_on_reload_and_the_old_detectors_stay(
+    relays: RelayRunner, sink: CaptureSink
+) -> None:
+    service = await relays.start()
+    (relays.tmp_path / "bad.yaml").write_text("theme: x\nterms: []\n", encoding="utf-8")
+    write_config(relays.tmp_path, {"detect": {"keywords": ["bad.yaml"]}})
+    with structlog.testing.capture_logs() as logs:
+        assert not service.reload()
+    with structlog.testing.capture_logs() as scanned_logs:
+        await _send(_port(service), ["s.mills@millsandco-solicitors.co.uk"])
+        await sink.handler.wait_for(1, timeout=20)
+    refused = next(e for e in logs if e["event"] == "config.reload_refused")
+    assert "'terms' must be a non-empty list" in refused["problems"][0]
+    scanned = next(e for e in scanned_logs if e["event"] == "message.scanned")
+    assert scanned["findings"]["nhs_number"] == 1
