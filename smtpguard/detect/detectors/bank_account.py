@@ -14,6 +14,8 @@ from smtpguard.detect.base import Confidence, Hit
 
 _SORT_CODE = re.compile(
     r"\d(?<![\d\-./]\d)(?:\d(?P<sep>[ \-]?)\d\d(?P=sep)\d\d)"
+    # Not the last six digits of a phone number written "01632 960123".
+    r"(?<!(?<!\d)0\d\d[ \-]\d{6})(?<!(?<!\d)0\d{3}[ \-]\d{6})(?<!(?<!\d)0\d{4}[ \-]\d{6})"
     # Not inside a longer number, but "123456 12345678" is a sort code then an account.
     r"(?![\d\-/]|[.,]\d|[ \-]\d(?!\d{7}(?!\d)))"
 )

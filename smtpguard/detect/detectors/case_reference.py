@@ -19,9 +19,12 @@ from smtpguard.detect.base import Confidence, Hit
 _SEP = r"[ \t]*[-\u2010\u2011\u2012\u2013\u2014\u2212/._]?[ \t]*"
 
 # Northshire: children's services CS-nnnnnn, adult services AS-nnnnnn.
-# The lookarounds stop a match inside a longer code ("ABCS-2048171").
+# The lookarounds stop a match inside a longer code ("ABCS-2048171"), and
+# refuse the English word "as" before a number ("quote it as 410772"): a
+# lower- or mixed-case "as" counts only with a separator other than a space.
 DEFAULT_PATTERNS: tuple[str, ...] = (
-    rf"(?<![A-Za-z0-9])(?P<prefix>CS|AS){_SEP}(?P<number>\d{{6}})(?![A-Za-z0-9])",
+    r"(?<![A-Za-z0-9])(?!(?-i:as|As|aS)[ \t]+\d)"
+    rf"(?P<prefix>CS|AS){_SEP}(?P<number>\d{{6}})(?![A-Za-z0-9])",
 )
 
 

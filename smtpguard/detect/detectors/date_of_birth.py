@@ -15,7 +15,9 @@ from smtpguard.detect.base import Confidence, Hit
 
 _CUE = re.compile(
     r"(?i)[db](?<![A-Za-z].)"
-    r"(?:(?<=d)(?:\.?\s?o\.?\s?b\b\.?|ate\s+of\s+birth)|(?<=b)(?:irth\s*date|orn(?:\s+on)?\b))"
+    # Field names from exports too: date_of_birth, DateOfBirth, birth_date.
+    r"(?:(?<=d)(?:\.?\s?o\.?\s?b\b\.?|ate[\s_]*of[\s_]*birth)"
+    r"|(?<=b)(?:irth[\s_]*date|orn(?:\s+on)?\b))"
 )
 _MONTHS = {
     "jan": 1, "feb": 2, "mar": 3, "apr": 4, "may": 5, "jun": 6,
@@ -64,7 +66,9 @@ class DateOfBirthDetector:
 
     name: str = "date_of_birth"
     # Where the prefilter looks (see detect/prefilter.py): the cue; the date follows.
-    triggers: tuple[str, ...] = (r"(?i)(?:d\.?\s?o\.?\s?b|date\s+of\s+birth|birth\s*date|born)",)
+    triggers: tuple[str, ...] = (
+        r"(?i)(?:d\.?\s?o\.?\s?b|date[\s_]*of[\s_]*birth|birth[\s_]*date|born)",
+    )
     reach: tuple[int, int] = (0, 64)
 
     def scan(self, text: str) -> list[Hit]:

@@ -15,6 +15,8 @@ _EMAIL = re.compile(
     r"[A-Za-z0-9\-]{1,63}(?:\.[A-Za-z0-9\-]{1,63}){1,8}(?![A-Za-z0-9\-])"
 )
 _TLD = re.compile(r"[A-Za-z]{2,63}")
+# "logo@2x.png": high-resolution image names, not addresses (no such top-level domains).
+_FILE_SUFFIXES = frozenset({"png", "jpg", "jpeg", "gif", "svg", "webp", "bmp", "tif", "tiff"})
 
 
 class EmailAddressDetector:
@@ -34,7 +36,8 @@ class EmailAddressDetector:
             local, _, domain = address.partition("@")
             if local.startswith(".") or local.endswith(".") or ".." in local:
                 continue
-            if not _TLD.fullmatch(domain.rpartition(".")[2]):
+            suffix = domain.rpartition(".")[2]
+            if not _TLD.fullmatch(suffix) or suffix.lower() in _FILE_SUFFIXES:
                 continue
             hits.append(Hit(address.lower(), match.start(), match.end(), Confidence.LOW))
         return hits

@@ -23,7 +23,8 @@ _NUMBER = re.compile(
 )
 _CONTEXT = re.compile(r"(?i:\bnhs\b|\bh\s?&\s?c\b)|\bCHI\b")
 # Words that say the digits are something else: still reported, but low.
-_OTHER = re.compile(r"(?i)\b(?:invoice|order|tel|phone|fax|mobile|ref|account|acc)\b")
+# An ISBN-10 passes the same modulus 11 check.
+_OTHER = re.compile(r"(?i)\b(?:invoice|order|tel|phone|fax|mobile|ref|account|acc|isbn)\b")
 _CONTEXT_WINDOW = 40
 _SEQUENCES = "01234567890123456789"
 

@@ -26,7 +26,11 @@ _CONTEXT_WINDOW = 40
 
 
 class NiNumberDetector:
-    """Finds NINOs; HIGH beside "NI", "NINO" or "national insurance"."""
+    """Finds NINOs; HIGH beside "NI", "NINO" or "national insurance".
+
+    Without that context a NINO with no suffix is LOW: two letters and six
+    digits is also the shape of case references ("CS 204817") and other codes.
+    """
 
     name: str = "ni_number"
     # Where the prefilter looks (see detect/prefilter.py): two letters and six digits.
@@ -42,7 +46,10 @@ class NiNumberDetector:
             value = prefix + match.group(2) + match.group(3) + match.group(4)
             value += (match.group(5) or "").upper()
             before = text[max(0, match.start() - _CONTEXT_WINDOW) : match.start()]
-            confidence = Confidence.HIGH if _CONTEXT.search(before) else Confidence.MEDIUM
+            if _CONTEXT.search(before):
+                confidence = Confidence.HIGH
+            else:
+                confidence = Confidence.MEDIUM if match.group(5) else Confidence.LOW
             hits.append(Hit(value, match.start(), match.end(), confidence))
         return hits
 

@@ -20,7 +20,7 @@ _POSTCODE = re.compile(
     r"(?<![A-Za-z0-9])(?:"
     r"(GIR)[ \t]?(0AA)"
     r"|([A-PR-UWYZ](?:[0-9][0-9]?|[A-HK-Y][0-9][0-9]?|[0-9][A-HJKPSTUW]|[A-HK-Y][0-9][ABEHMNPRV-Y]))"
-    rf"[ \t]?({_INWARD})"
+    rf"[ \t]{{0,2}}({_INWARD})"  # two spaces where a form padded the outward code
     r")(?![A-Za-z0-9])",
     re.IGNORECASE,
 )
@@ -32,7 +32,7 @@ class PostcodeDetector:
 
     name: str = "postcode"
     # Where the prefilter looks (see detect/prefilter.py): outward code, digit, two letters.
-    triggers: tuple[str, ...] = (r"(?i)[A-Z]{1,2}\d[A-Z\d]?[ \t]?\d[A-Z]{2}|GIR[ \t]?0AA",)
+    triggers: tuple[str, ...] = (r"(?i)[A-Z]{1,2}\d[A-Z\d]?[ \t]{0,2}\d[A-Z]{2}|GIR[ \t]?0AA",)
     reach: tuple[int, int] = (0, 0)
 
     def scan(self, text: str) -> list[Hit]:
