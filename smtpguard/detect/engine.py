@@ -8,6 +8,7 @@ themselves stay inside this function.
 
 from __future__ import annotations
 
+import bisect
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -84,11 +85,13 @@ def scan_texts(
 
 def _near_identifiers(found: list[Located], identifiers: frozenset[str]) -> list[Located]:
     """Drop LOW keyword hits that have no identifier near them; keep everything else."""
-    anchors = [item.hit.start for item in found if item.detector.name in identifiers]
+    anchors = sorted(item.hit.start for item in found if item.detector.name in identifiers)
     kept = []
     for item in found:
         if item.detector.name == "keywords" and item.hit.confidence is Confidence.LOW:
-            if not any(abs(item.hit.start - anchor) <= KEYWORD_REACH for anchor in anchors):
+            # The first identifier at or after reach before the keyword: is it within reach after?
+            index = bisect.bisect_left(anchors, item.hit.start - KEYWORD_REACH)
+            if index == len(anchors) or anchors[index] > item.hit.start + KEYWORD_REACH:
                 continue
             item = Located(item.detector, item.location, _raised(item.hit))
         kept.append(item)
