@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
         _add_config(sub)
         _add_data_dir(sub)
     queue_list.add_argument("--json", action="store_true", help="print JSON")
+
+    from smtpguard.cli.edm import add_arguments as add_edm_arguments
+
+    add_edm_arguments(commands.add_parser("edm", help="exact data match registers"), _add_config)
     return parser
 
 
@@ -146,6 +150,12 @@ def _queue(args: argparse.Namespace) -> int:
     return asyncio.run(flush_queue(config))
 
 
+def _edm(args: argparse.Namespace) -> int:
+    from smtpguard.cli.edm import run_edm
+
+    return run_edm(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {
@@ -153,6 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "check-config": _check_config,
         "scan": _scan,
         "queue": _queue,
+        "edm": _edm,
     }
     try:
         return handlers[args.command](args)
