@@ -23,23 +23,25 @@ _MONTHS = {
     "jan": 1, "feb": 2, "mar": 3, "apr": 4, "may": 5, "jun": 6,
     "jul": 7, "aug": 8, "sep": 9, "oct": 10, "nov": 11, "dec": 12,
 }  # fmt: skip
-_MONTH_NAMES = (
+MONTH_NAMES = (
     r"jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?"
     r"|sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?"
 )
-_DATE = re.compile(
-    r"(?i)(?<![\d/.\-])(?:"
+# A date in the forms people write in UK case notes; exact data match reads
+# dates with it too. The lookahead first lets `re` skip to digits.
+DATE = re.compile(
+    r"(?i)(?=\d)(?<![\d/.\-])(?:"
     r"(?P<d>\d{1,2})(?P<sep>[/.\-])(?P<m>\d{1,2})(?P=sep)(?P<y>\d{4}|\d\d)"
     r"|(?P<iy>\d{4})-(?P<im>\d\d)-(?P<id>\d\d)"
-    rf"|(?P<td>\d{{1,2}})(?:st|nd|rd|th)?\s+(?:of\s+)?(?P<tm>{_MONTH_NAMES})\.?,?\s+(?P<ty>\d{{4}})"
+    rf"|(?P<td>\d{{1,2}})(?:st|nd|rd|th)?\s+(?:of\s+)?(?P<tm>{MONTH_NAMES})\.?,?\s+(?P<ty>\d{{4}})"
     r")(?![\d/\-]|\.\d)"
 )
 _WINDOW = 30
 _MAX_AGE_YEARS = 120
 
 
-def _to_date(match: re.Match[str], today: dt.date) -> dt.date | None:
-    """The matched date, or None when it is not a real day in the past 120 years."""
+def written_date(match: re.Match[str], today: dt.date) -> dt.date | None:
+    """The day a `DATE` match names, or None when there is no such day."""
     if match.group("d"):
         day, month, year = int(match.group("d")), int(match.group("m")), match.group("y")
         year_num = int(year)
@@ -53,10 +55,15 @@ def _to_date(match: re.Match[str], today: dt.date) -> dt.date | None:
         day, month = int(match.group("td")), _MONTHS[match.group("tm")[:3].lower()]
         year_num = int(match.group("ty"))
     try:
-        date = dt.date(year_num, month, day)
+        return dt.date(year_num, month, day)
     except ValueError:
         return None
-    if date > today or date.year < today.year - _MAX_AGE_YEARS:
+
+
+def _to_date(match: re.Match[str], today: dt.date) -> dt.date | None:
+    """The matched date, or None when it is not a real day in the past 120 years."""
+    date = written_date(match, today)
+    if date is None or date > today or date.year < today.year - _MAX_AGE_YEARS:
         return None
     return date
 
@@ -77,7 +84,7 @@ class DateOfBirthDetector:
         last_end = 0
         for cue in _CUE.finditer(text):
             # The longest date form is about 25 characters ("14th of September, 2015").
-            match = _DATE.search(text, max(cue.end(), last_end), cue.end() + _WINDOW + 30)
+            match = DATE.search(text, max(cue.end(), last_end), cue.end() + _WINDOW + 30)
             if match is None or match.start() - cue.end() > _WINDOW:
                 continue
             date = _to_date(match, today)

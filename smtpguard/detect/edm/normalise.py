@@ -29,6 +29,7 @@ import unicodedata
 from collections.abc import Iterable
 
 from smtpguard.detect.detectors import postcode as postcode_detector
+from smtpguard.detect.detectors.date_of_birth import DATE, MONTH_NAMES, written_date
 
 TOKEN = re.compile(r"[^\W_]+")
 
@@ -132,49 +133,11 @@ def postcode_key(value: str) -> str | None:
     return hits[0].value.replace(" ", "").lower()
 
 
-# Dates: the forms people write in UK case notes, the same ones the
-# date_of_birth detector accepts. Every form becomes ISO 8601.
-_MONTHS = {
-    "jan": 1, "feb": 2, "mar": 3, "apr": 4, "may": 5, "jun": 6,
-    "jul": 7, "aug": 8, "sep": 9, "oct": 10, "nov": 11, "dec": 12,
-}  # fmt: skip
-_MONTH_NAMES = (
-    r"jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?"
-    r"|sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?"
-)
-# The lookahead first lets the regex engine skip to digits: five times faster on prose.
-DATE = re.compile(
-    r"(?i)(?=\d)(?<![\d/.\-])(?:"
-    r"(?P<d>\d{1,2})(?P<sep>[/.\-])(?P<m>\d{1,2})(?P=sep)(?P<y>\d{4}|\d\d)"
-    r"|(?P<iy>\d{4})-(?P<im>\d\d)-(?P<id>\d\d)"
-    rf"|(?P<td>\d{{1,2}})(?:st|nd|rd|th)?\s+(?:of\s+)?(?P<tm>{_MONTH_NAMES})\.?,?\s+(?P<ty>\d{{4}})"
-    r")(?![\d/\-]|\.\d)"
-)
-
-
-def _date_of(match: re.Match[str], today: dt.date) -> dt.date | None:
-    if match.group("d"):
-        day, month, year_text = int(match.group("d")), int(match.group("m")), match.group("y")
-        year = int(year_text)
-        if len(year_text) == 2:
-            # The most recent century that puts the date in the past: 14/03/15 is 2015.
-            year += 2000 if year <= today.year % 100 else 1900
-    elif match.group("iy"):
-        year, month, day = int(match.group("iy")), int(match.group("im")), int(match.group("id"))
-    else:
-        day, month = int(match.group("td")), _MONTHS[match.group("tm")[:3].lower()]
-        year = int(match.group("ty"))
-    try:
-        return dt.date(year, month, day)
-    except ValueError:
-        return None
-
-
 def parse_date(value: str, today: dt.date | None = None) -> dt.date | None:
     """A register cell that is exactly one date in a known form, else None."""
     stripped = value.strip()
     match = DATE.fullmatch(stripped)
-    return None if match is None else _date_of(match, today or dt.date.today())
+    return None if match is None else written_date(match, today or dt.date.today())
 
 
 def dates_in(text: str) -> set[str]:
@@ -185,14 +148,14 @@ def dates_in(text: str) -> set[str]:
 def _isos(matches: Iterable[re.Match[str]], today: dt.date) -> set[str]:
     found = set()
     for match in matches:
-        date = _date_of(match, today)
+        date = written_date(match, today)
         if date is not None:
             found.add(date.isoformat())
     return found
 
 
 # A chunk that is a month name as the textual date form has it ("March", "Mar.,").
-_MONTH_CHUNK = re.compile(rf"(?i)(?<![^\x00])(?:{_MONTH_NAMES})\.?,?(?![^\x00])")
+_MONTH_CHUNK = re.compile(rf"(?i)(?<![^\x00])(?:{MONTH_NAMES})\.?,?(?![^\x00])")
 _NEXT_CHUNK = re.compile(r"\s+\S+")
 
 
