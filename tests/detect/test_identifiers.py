@@ -128,6 +128,9 @@ def test_when_nhs_context_far_away_then_medium() -> None:
         ("CHI: 120598 0016", ["1205980016"]),
         ("CHI number 010 180 1238", ["0101801238"]),
         ("2902007779", ["2902007779"]),  # 29 Feb 00 is a real date
+        ("CHI 010126 1238", ["0101261238"]),  # modulus 10 only: issued from 2026
+        ("CHI 280226 7894", ["2802267894"]),  # modulus 10 only
+        ("CHI 010126 1233", ["0101261233"]),  # modulus 11 only
     ],
 )
 def test_when_chi_number_then_found(text: str, expected: list[str]) -> None:
@@ -137,7 +140,8 @@ def test_when_chi_number_then_found(text: str, expected: list[str]) -> None:
 @pytest.mark.parametrize(
     "text",
     [
-        "1205980017",  # checksum
+        "1205980017",  # neither modulus 11 nor modulus 10
+        "0101261234",  # neither
         "3202980011",  # 32nd day
         "1213980012",  # 13th month
         "0000000000",

@@ -1,5 +1,8 @@
 """Scottish CHI numbers: a DDMMYY date of birth, three digits, a check digit.
 
+The check digit is modulus 11, or modulus 10 for the numbers NHS Scotland
+issues from 2026 once a birth date's modulus 11 numbers are used up.
+
 CHI numbers collide with NHS numbers and with dates, so without the word
 "CHI" near one this detector stays at LOW: it counts toward bulk but does
 not decide on its own.
@@ -10,6 +13,7 @@ from __future__ import annotations
 import re
 
 from smtpguard.detect.base import Confidence, Hit
+from smtpguard.detect.detectors.payment_card import luhn_ok
 
 _SEP = r"(?:-|[ \t]*\r?\n[ \t]*|[ \t]{0,2})"
 
@@ -33,6 +37,12 @@ def _date_ok(digits: str) -> bool:
 
 
 def _check_digit_ok(digits: str) -> bool:
+    """Modulus 11 (weights 10..2), or, for numbers issued since the modulus 11 numbers
+    of a birth date ran out (from 2026), modulus 10: the Luhn check."""
+    return _modulus_11_ok(digits) or luhn_ok(digits)
+
+
+def _modulus_11_ok(digits: str) -> bool:
     total = sum(int(d) * w for d, w in zip(digits[:9], range(10, 1, -1), strict=True))
     check = 11 - total % 11
     if check == 11:
