@@ -15,8 +15,10 @@ from smtpguard.config.model import DetectConfig
 from smtpguard.detect.base import Confidence, Detector, Hit
 from smtpguard.detect.detectors import protective_marking
 from smtpguard.detect.detectors.protective_marking import ProtectiveMarkingDetector
+from smtpguard.detect.edm.match import PersonDetector
 from smtpguard.detect.engine import (
     Located,
+    Text,
     bulk_finding,
     flag_findings,
     group,
@@ -58,9 +60,9 @@ def detect_findings(
     """
     if detectors is None:
         detectors = default_detectors()
-    located = scan_texts(
-        texts_of(document), detectors, subject_only=SUBJECT_ONLY, identifiers=IDENTIFIERS
-    )
+    texts = list(texts_of(document))
+    located = scan_texts(texts, detectors, subject_only=SUBJECT_ONLY, identifiers=IDENTIFIERS)
+    located = _record_matches_across_parts(located, texts)
     located += _label_markings(document, detectors)
     grouped = group(located) + flag_findings(document.parts)
     if bulk_min_distinct is not None:
@@ -76,6 +78,32 @@ def findings_with(document: Document, settings: DetectConfig) -> tuple[Finding, 
     return detect_findings(
         document, configured.detectors, bulk_min_distinct=configured.bulk_min_distinct
     )
+
+
+def _record_matches_across_parts(located: list[Located], texts: list[Text]) -> list[Located]:
+    """A child's name in the body and their date of birth in the attached referral is
+    still a name with its date of birth in one message: read such names again with
+    every date the message holds."""
+    unmatched = [
+        item
+        for item in located
+        if isinstance(item.detector, PersonDetector) and not item.hit.value.endswith(":dob")
+    ]
+    if not unmatched or len(texts) < 2:
+        return located
+    person = unmatched[0].detector
+    assert isinstance(person, PersonDetector)
+    dates = set().union(*(person.dates_in(item.text) for item in texts))
+    locations = {item.location for item in unmatched}
+    kept = [
+        item
+        for item in located
+        if not (isinstance(item.detector, PersonDetector) and item.location in locations)
+    ]
+    for item in texts:
+        if item.location in locations:
+            kept += [Located(person, item.location, hit) for hit in person.scan(item.text, dates)]
+    return kept
 
 
 def _label_markings(document: Document, detectors: Sequence[Detector]) -> list[Located]:

@@ -27,6 +27,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from smtpguard.cli import main
+from smtpguard.detect import detect_findings
 from smtpguard.detect.base import Confidence, Hit
 from smtpguard.detect.edm import (
     KINDS,
@@ -54,6 +55,7 @@ from smtpguard.detect.edm.normalise import (
     postcode_key,
 )
 from smtpguard.detect.engine import Text, group, scan_texts
+from smtpguard.parse import Document, Part
 from tests.conftest import write_config
 from tests.detect.edm_helpers import (
     COUNCIL,
@@ -876,7 +878,7 @@ def test_when_fast_path_compared_with_reading_every_window_then_same_hits(
     text = "".join(word + gap for word, gap in zip(words, gaps, strict=False))
     # Internals on purpose: the reference feeds every window to the same matching step.
     everyone = _every_window(text, person._reader, frozenset(), person._lengths)
-    assert _sorted(person.scan(text)) == _sorted(person._match(text, everyone))
+    assert _sorted(person.scan(text)) == _sorted(person._match(text, everyone, None))
     dotted = frozenset(ADDRESS_WORDS)
     windows = [
         (Keyed.ADDRESS, w) for w in _every_window(text, address._reader, dotted, address._lengths)
@@ -931,3 +933,33 @@ def test_when_shipped_exports_compared_then_unchanged_from_the_example_council()
         pytest.skip("the shared example council is not next to this checkout")
     for name in ("cases", "case_parties", "protected_addresses", "domains", "staff"):
         assert (COUNCIL / f"{name}.csv").read_bytes() == (shared / f"{name}.csv").read_bytes()
+
+
+def _message(*parts: tuple[str, str]) -> Document:
+    return Document(
+        subject="", headers=(), parts=tuple(Part(where, "text", text) for where, text in parts)
+    )
+
+
+def test_when_name_in_body_and_date_of_birth_in_attachment_then_one_high_record_match(
+    person: PersonDetector,
+) -> None:
+    document = _message(
+        ("body", "Please see the referral for Amelia Hart attached."),
+        ("attachment:referral.docx", "Child's date of birth: 14/03/2015. School: Northtown."),
+    )
+    findings = {f.detector: f for f in detect_findings(document, [person])}
+    finding = findings["edm_person"]
+    assert (finding.location, finding.confidence, finding.count) == ("body", Confidence.HIGH, 1)
+    assert "name and date of birth" in finding.excerpt
+
+
+def test_when_another_childs_date_of_birth_is_elsewhere_in_the_message_then_not_high(
+    person: PersonDetector,
+) -> None:
+    document = _message(
+        ("body", "Please see the referral for Amelia Hart attached."),
+        ("attachment:referral.docx", "Date of birth: 02/11/2018."),
+    )
+    [finding] = [f for f in detect_findings(document, [person]) if f.detector == "edm_person"]
+    assert finding.confidence is Confidence.MEDIUM

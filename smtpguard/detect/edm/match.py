@@ -447,8 +447,15 @@ class PersonDetector:
         self._reach = max(lengths, default=1) - 1
         self.people = len({e.id for entries in self._names.values() for e in entries})
 
-    def scan(self, text: str) -> list[Hit]:
-        return self._match(text, self._candidates(text))
+    def scan(self, text: str, dates: set[str] | None = None) -> list[Hit]:
+        """Names in `text`; a subject's is HIGH with their date of birth among `dates`
+        (default: the dates written in `text` itself)."""
+        return self._match(text, self._candidates(text), dates)
+
+    def dates_in(self, text: str) -> set[str]:
+        """Every date written in `text` (ISO): to match a name in one part of a
+        message with a date of birth in another."""
+        return self._tokens.dates(text)
 
     def _candidates(self, text: str) -> Iterator[list[_Token]]:
         """The windows worth hashing: those through an anchor, in a run of name words."""
@@ -457,7 +464,9 @@ class PersonDetector:
             if len(tokens) >= self._shortest:  # not a first name on its own: "Amelia said"
                 yield from _windows(tokens, marks, self._lengths)
 
-    def _match(self, text: str, windows: Iterable[list[_Token]]) -> list[Hit]:
+    def _match(
+        self, text: str, windows: Iterable[list[_Token]], dates: set[str] | None
+    ) -> list[Hit]:
         found: list[tuple[int, int, str, list[_PersonEntry], bool]] = []
         seen: set[tuple[int, int]] = set()
         for window in windows:
@@ -478,7 +487,9 @@ class PersonDetector:
             found.append((*span, key, entries, only_with_dob))
         if not found:
             return []
-        with_dob = self._record_matches(text, {key for _, _, key, _, _ in found})
+        if dates is None:
+            dates = self._tokens.dates(text) if self._records else set()
+        with_dob = self._record_matches(dates, {key for _, _, key, _, _ in found})
         hits = []
         for start, end, _, entries, only_with_dob in found:
             for entry in entries:
@@ -494,11 +505,10 @@ class PersonDetector:
                 hits.append(Hit(entry.value(dob), start, end, confidence))
         return hits
 
-    def _record_matches(self, text: str, keys: set[str]) -> set[str]:
-        """Ids of subjects whose own date of birth is written in the text with their name."""
+    def _record_matches(self, dates: set[str], keys: set[str]) -> set[str]:
+        """Ids of subjects whose own date of birth is among `dates`, for these names."""
         if not self._records:
             return set()
-        dates = self._tokens.dates(text)
         matched: set[str] = set()
         for key in keys:
             for iso in dates:
