@@ -21,6 +21,7 @@ from smtpguard.detect import Finding
 from smtpguard.envelope import Envelope
 from smtpguard.spool import MessageState, RecipientState
 from tests.conftest import RelayRunner, write_config
+from tests.detect.edm_helpers import make_registers
 from tests.sink import CaptureSink
 
 SENDER = "j.okafor@northshire.gov.uk"
@@ -789,3 +790,32 @@ async def test_a_broken_keyword_file_is_refused_on_reload_and_the_old_detectors_
     assert "'terms' must be a non-empty list" in refused["problems"][0]
     scanned = next(e for e in scanned_logs if e["event"] == "message.scanned")
     assert scanned["findings"]["nhs_number"] == 1
+
+
+async def test_exact_data_match_registers_from_the_config_are_matched_in_the_workers(
+    relays: RelayRunner, sink: CaptureSink
+) -> None:
+    (relays.tmp_path / "edm").mkdir()
+    key_file, registers = make_registers(relays.tmp_path / "edm")
+    service = await relays.start(
+        {
+            "detect": {
+                "edm": {
+                    "key_file": str(key_file),
+                    "registers": [str(path) for path in registers.values()],
+                }
+            }
+        }
+    )
+    content = (
+        b"From: j.okafor@northshire.gov.uk\r\nSubject: visit\r\n\r\n"
+        b"Visit to Amelia Hart (DOB 14/03/2015) at 14 Elmwood Rd, Flat 2, NS4 7QJ.\r\n"
+    )
+    with structlog.testing.capture_logs() as logs:
+        await _send(_port(service), ["s.mills@millsandco-solicitors.co.uk"], content)
+        await sink.handler.wait_for(1, timeout=20)
+    scanned = next(e for e in logs if e["event"] == "message.scanned")
+    assert scanned["findings"]["edm_person"] == 1
+    assert scanned["findings"]["edm_protected_address"] == 1
+    for secret in ("Amelia", "Hart", "Elmwood", "NS4 7QJ", "2015"):
+        assert secret not in repr(logs), secret
