@@ -1,6 +1,6 @@
 """How fast exact data match reads text: both EDM detectors over case notes, one core.
 
-Builds the example council's three registers (config/council/*.csv) under a
+Builds the example council's three registers (config/example/*.csv) under a
 throwaway key in a temporary folder, loads them as the relay would, and times
 `edm_person` + `edm_protected_address` together over the case-note text of
 `bench/detect_bench.py` at 1 KB, 100 KB and 10 MB:
@@ -99,7 +99,7 @@ def load(folder: Path) -> tuple[Detector, ...]:
     for kind in KINDS:
         out = folder / f"{kind}.edm"
         write_register(
-            out, build_register(ROOT / "config" / "council" / f"{kind}.csv", kind, key).register
+            out, build_register(ROOT / "config" / "example" / f"{kind}.csv", kind, key).register
         )
         registers.append(out)
     return load_edm_detectors(key_file, registers)

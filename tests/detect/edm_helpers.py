@@ -1,6 +1,6 @@
 """Shared by the exact data match tests: the example council's exports and what must never leak.
 
-The exports are the project's copies in config/council (Northshire's invented
+The exports are the project's copies in config/example (Northshire's invented
 people and addresses). `forbidden()` lists every value a register, a log
 line, an exception message or an excerpt must not contain, in the forms a
 careless implementation might store: as written, lower case, without spaces,
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from smtpguard.detect.edm import KINDS, Kind, build_register, create_key, write_register
 
-COUNCIL = Path(__file__).resolve().parents[2] / "config" / "council"
+COUNCIL = Path(__file__).resolve().parents[2] / "config" / "example"
 
 # Columns that may be in clear (a case reference ties a match to its case; access is
 # allowed/restricted) and, for excerpts, the label a reviewer is shown by design.

@@ -1,6 +1,6 @@
 """Exact data match: building registers from the council's exports, and matching texts.
 
-Built from the project's copies of Northshire's exports (config/council),
+Built from the project's copies of Northshire's exports (config/example),
 with real key files and registers in tmp_path, and the command line run as
 an administrator runs it. Every check that a value does not leak looks for
 every value of the exports (see edm_helpers.forbidden).
