@@ -85,6 +85,15 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (message_id, position)
     );
     """,
+    """
+    CREATE TABLE correspondents (
+        sender TEXT NOT NULL,
+        recipient TEXT NOT NULL,
+        first_at REAL NOT NULL,
+        last_at REAL NOT NULL,
+        PRIMARY KEY (sender, recipient)
+    ) WITHOUT ROWID;
+    """,
 )
 
 
@@ -349,6 +358,24 @@ class SQLiteStore(Store):
         row = self._db.execute("SELECT * FROM messages WHERE id = ?", (message_id,)).fetchone()
         return self._record(row) if row else None
 
+    def _correspondents(self, sender: str, recipients: Sequence[str]) -> frozenset[str]:
+        marks = ",".join("?" * len(recipients))
+        rows = self._db.execute(
+            f"SELECT recipient FROM correspondents WHERE sender = ? AND recipient IN ({marks})",  # noqa: S608
+            (sender, *recipients),
+        ).fetchall()
+        return frozenset(row["recipient"] for row in rows)
+
+    async def correspondents(self, sender: str, recipients: Sequence[str]) -> frozenset[str]:
+        if not sender or not recipients:
+            return frozenset()
+        lowered = sorted({r.lower() for r in recipients})
+        # Not through _run: this read needs no message index, so it forces no index write.
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor, partial(self._correspondents, sender.lower(), lowered)
+        )
+
     async def load(self, message_id: str) -> MessageRecord | None:
         return await self._run(self._load, message_id)
 
@@ -489,6 +516,19 @@ class SQLiteStore(Store):
             " updated_at = ? WHERE message_id = ? AND address = ?",
             [(o.state.value, o.reply, now, message_id, o.address) for o in outcomes],
         )
+        delivered = [o.address.lower() for o in outcomes if o.state is RecipientState.DELIVERED]
+        if delivered:
+            row = self._db.execute(
+                "SELECT sender FROM messages WHERE id = ?", (message_id,)
+            ).fetchone()
+            if row is not None and row["sender"]:
+                sender = row["sender"].lower()
+                self._db.executemany(
+                    "INSERT INTO correspondents (sender, recipient, first_at, last_at)"
+                    " VALUES (?, ?, ?, ?) ON CONFLICT (sender, recipient)"
+                    " DO UPDATE SET last_at = excluded.last_at",
+                    [(sender, recipient, now, now) for recipient in delivered],
+                )
 
     async def record_attempt(
         self,

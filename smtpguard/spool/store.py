@@ -103,6 +103,13 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def correspondents(self, sender: str, recipients: Sequence[str]) -> frozenset[str]:
+        """Which of `recipients` (lower-cased) have had mail from `sender` delivered before.
+
+        A delivery records the pair; it is what makes a recipient not `first_time`.
+        """
+
+    @abc.abstractmethod
     async def recover(self) -> list[str]:
         """After a restart: release stale claims; return every unfinished message id."""
 

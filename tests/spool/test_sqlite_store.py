@@ -835,3 +835,64 @@ def test_when_id_made_then_time_part_is_now_in_microseconds() -> None:
     message_id = new_message_id()
     after = time.time_ns() // 1000
     assert before <= int(message_id[:13], 16) <= after
+
+
+async def test_when_delivered_then_sender_and_recipient_are_correspondents(store: Store) -> None:
+    envelope = make_envelope(("Ok@A.example", "later@b.example", "gone@c.example"))
+    message_id = await accept(store, envelope=envelope)
+    assert await store.correspondents("worker@council.example", ["ok@a.example"]) == frozenset()
+    assert await store.claim(message_id, "worker", 60)
+    await store.record_attempt(
+        message_id,
+        [
+            RecipientOutcome("Ok@A.example", RecipientState.DELIVERED, "250 ok"),
+            RecipientOutcome("later@b.example", RecipientState.DEFERRED, "451 busy"),
+            RecipientOutcome("gone@c.example", RecipientState.BOUNCED, "550 no"),
+        ],
+        MessageState.DEFERRED,
+        500.0,
+    )
+    asked = ["OK@a.example", "later@b.example", "gone@c.example", "new@d.example"]
+    assert await store.correspondents("Worker@Council.example", asked) == {"ok@a.example"}
+    assert await store.correspondents("someone@council.example", asked) == frozenset()
+    assert await store.correspondents("", asked) == frozenset()
+
+
+async def test_when_null_sender_delivered_then_no_correspondent(store: Store) -> None:
+    message_id = await accept(store, envelope=make_envelope(("a@b.example",), sender=""))
+    assert await store.claim(message_id, "worker", 60)
+    await store.record_attempt(
+        message_id,
+        [RecipientOutcome("a@b.example", RecipientState.DELIVERED, "250 ok")],
+        MessageState.DELIVERED,
+        None,
+    )
+    assert await store.correspondents("", ["a@b.example"]) == frozenset()
+
+
+async def test_when_version_1_database_opened_then_upgraded_and_messages_kept(
+    tmp_path: Path,
+) -> None:
+    folder = data_dir(tmp_path)
+    folder.mkdir(mode=0o700)
+    with sqlite3.connect(folder / DB_NAME) as db:
+        for statement in MIGRATIONS[0].split(";"):
+            if statement.strip():
+                db.execute(statement)
+        db.execute(
+            "INSERT INTO messages (id, state, origin, sender, client_address, client_name,"
+            " smtputf8, body_8bit, tls, mail_options, size, received_at, updated_at, expires_at)"
+            " VALUES ('old', 'delivered', 'relay', 's@x', '127.0.0.1', 'h', 0, 0, 0, '[]',"
+            " 1, 1.0, 1.0, 2.0)"
+        )
+        db.execute("PRAGMA user_version = 1")
+    opened = open_store("sqlite", folder)
+    await opened.open()
+    try:
+        record = await opened.load("old")
+        assert record is not None and record.state is MessageState.DELIVERED
+        assert await opened.correspondents("s@x", ["a@b"]) == frozenset()
+    finally:
+        await opened.close()
+    with sqlite3.connect(folder / DB_NAME) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 2
