@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from smtpguard.config.model import DetectConfig
 from smtpguard.decide import Verdict, decide_verdict
-from smtpguard.detect import Finding, detect_findings, findings_with
+from smtpguard.decide.facts import Attachment
+from smtpguard.detect import Detection, Finding, detect_message, detect_with
 from smtpguard.envelope import Envelope
 from smtpguard.parse import Document, Limits, parse_message
 from smtpguard.parse.pool import unreadable_message
@@ -19,26 +20,56 @@ from smtpguard.parse.pool import unreadable_message
 
 @dataclass(frozen=True)
 class Reading:
-    """What a worker hands back: the message's Document and the Findings in it."""
+    """What a worker hands back: what decide needs of the message, not its text.
 
-    document: Document
+    The extracted text stays in the worker: it can be megabytes, and the relay
+    process should hold no more of a message's content than it must.
+    """
+
+    subject: str
+    headers: tuple[tuple[str, str], ...]
+    attachments: tuple[Attachment, ...]
     findings: tuple[Finding, ...]
+    cases: tuple[str, ...] = ()
 
 
 def read_message(raw: bytes, limits: Limits, settings: DetectConfig | None = None) -> Reading:
     """Parse and detect; with `settings`, the detectors that config asks for."""
     document = parse_message(raw, limits)
-    return Reading(document, _findings(document, settings))
+    return _reading(document, _detection(document, settings))
 
 
-def _findings(document: Document, settings: DetectConfig | None) -> tuple[Finding, ...]:
-    return detect_findings(document) if settings is None else findings_with(document, settings)
+def _detection(document: Document, settings: DetectConfig | None) -> Detection:
+    return detect_message(document) if settings is None else detect_with(document, settings)
+
+
+def _reading(document: Document, detection: Detection) -> Reading:
+    return Reading(
+        document.subject,
+        document.headers,
+        attachments_of(document),
+        detection.findings,
+        detection.cases,
+    )
+
+
+def attachments_of(document: Document) -> tuple[Attachment, ...]:
+    """Every part but the body and its alternatives, as policy sees attachments."""
+    return tuple(
+        Attachment(part.path, part.kind, part.size, frozenset(part.flags))
+        for part in document.parts
+        if part.path.startswith("attachment:") or part.kind == "uninspectable"
+    )
 
 
 def unreadable_reading(reason: str, size: int) -> Reading:
     """A message no worker could read: one uninspectable part, and its finding."""
     document = unreadable_message(reason, size)
-    return Reading(document, detect_findings(document, ()))
+    return _reading(document, detect_message(document, ()))
+
+
+def _findings(document: Document, settings: DetectConfig | None) -> tuple[Finding, ...]:
+    return _detection(document, settings).findings
 
 
 def inspect_document(

@@ -36,7 +36,17 @@ from smtpguard.detect.registry import (
 )
 from smtpguard.parse import Document
 
-__all__ = ["Confidence", "Detector", "Finding", "Hit", "detect_findings", "findings_with"]
+__all__ = [
+    "Confidence",
+    "Detection",
+    "Detector",
+    "Finding",
+    "Hit",
+    "detect_findings",
+    "detect_message",
+    "detect_with",
+    "findings_with",
+]
 
 
 @dataclass(frozen=True)
@@ -48,12 +58,22 @@ class Finding:
     excerpt: str  # redacted: never the full value
 
 
-def detect_findings(
+@dataclass(frozen=True)
+class Detection:
+    """What the detect stage hands to decide."""
+
+    findings: tuple[Finding, ...]
+    # Case references the message refers to: by reference, or by a case subject's name.
+    # In clear: a reference names a case, not a person, and the verdict lists them.
+    cases: tuple[str, ...] = ()
+
+
+def detect_message(
     document: Document,
     detectors: Sequence[Detector] | None = None,
     *,
     bulk_min_distinct: int | None = DEFAULT_BULK_MIN_DISTINCT,
-) -> tuple[Finding, ...]:
+) -> Detection:
     """Findings over every text (the default detectors unless given), plus the parse flags.
 
     `bulk_min_distinct=None` turns the bulk count off.
@@ -69,15 +89,45 @@ def detect_findings(
         bulk = bulk_finding(located, BULK_STRONG, BULK_WEAK, bulk_min_distinct)
         if bulk is not None:
             grouped.append(bulk)
-    return tuple(Finding(g.detector, g.location, g.confidence, g.count, g.excerpt) for g in grouped)
+    findings = tuple(
+        Finding(g.detector, g.location, g.confidence, g.count, g.excerpt) for g in grouped
+    )
+    return Detection(findings, _cases(located))
+
+
+def detect_findings(
+    document: Document,
+    detectors: Sequence[Detector] | None = None,
+    *,
+    bulk_min_distinct: int | None = DEFAULT_BULK_MIN_DISTINCT,
+) -> tuple[Finding, ...]:
+    return detect_message(document, detectors, bulk_min_distinct=bulk_min_distinct).findings
+
+
+def detect_with(document: Document, settings: DetectConfig) -> Detection:
+    """Detection with the detectors a config asks for."""
+    configured = configured_detectors(settings)
+    return detect_message(
+        document, configured.detectors, bulk_min_distinct=configured.bulk_min_distinct
+    )
 
 
 def findings_with(document: Document, settings: DetectConfig) -> tuple[Finding, ...]:
-    """Findings with the detectors a config asks for."""
-    configured = configured_detectors(settings)
-    return detect_findings(
-        document, configured.detectors, bulk_min_distinct=configured.bulk_min_distinct
-    )
+    return detect_with(document, settings).findings
+
+
+def _cases(located: Sequence[Located]) -> tuple[str, ...]:
+    """Case references, and the cases of case subjects named (a party's name alone, such
+    as a solicitor's who acts in several cases, does not say which case)."""
+    cases = set()
+    for item in located:
+        if item.detector.name == "case_reference":
+            cases.add(item.hit.value)
+        elif isinstance(item.detector, PersonDetector) and item.hit.confidence >= Confidence.MEDIUM:
+            case = item.detector.case_of(item.hit.value)
+            if case is not None and ":subject:" in item.hit.value:
+                cases.add(case)
+    return tuple(sorted(cases))
 
 
 def _record_matches_across_parts(located: list[Located], texts: list[Text]) -> list[Located]:

@@ -11,7 +11,7 @@ import pytest
 
 from smtpguard.config import ConfigError, load_config
 from smtpguard.config.model import DetectConfig
-from smtpguard.detect import Confidence, detect_findings, findings_with
+from smtpguard.detect import Confidence, detect_findings, detect_message, findings_with
 from smtpguard.detect.detectors.nhs_number import nhs_check_digit_ok
 from smtpguard.detect.registry import configured_detectors
 from smtpguard.parse import Document, Part
@@ -247,3 +247,9 @@ def test_an_empty_own_marking_is_refused(tmp_path: Path) -> None:
     path = write_config(tmp_path, {"detect": {"markings": {"extra": ["--"]}}})
     with pytest.raises(ConfigError, match="empty marking"):
         load_config(path)
+
+
+def test_the_cases_a_message_refers_to_are_its_case_references() -> None:
+    detection = detect_message(_document("Re CS-204817 and cs 311092; see also CS-204817."))
+    assert detection.cases == ("CS-204817", "CS-311092")
+    assert detect_message(_document("nothing here")).cases == ()

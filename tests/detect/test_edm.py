@@ -27,7 +27,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from smtpguard.cli import main
-from smtpguard.detect import detect_findings
+from smtpguard.detect import detect_findings, detect_message
 from smtpguard.detect.base import Confidence, Hit
 from smtpguard.detect.edm import (
     KINDS,
@@ -963,3 +963,13 @@ def test_when_another_childs_date_of_birth_is_elsewhere_in_the_message_then_not_
     )
     [finding] = [f for f in detect_findings(document, [person]) if f.detector == "edm_person"]
     assert finding.confidence is Confidence.MEDIUM
+
+
+def test_when_a_case_subject_is_named_then_the_message_refers_to_their_case(
+    person: PersonDetector,
+) -> None:
+    subject = detect_message(_message(("body", "Notes on Amelia Hart's school visit.")), [person])
+    assert subject.cases == ("CS-204817",)
+    # A solicitor acting in two cases names neither of them.
+    party = detect_message(_message(("body", "Call Sarah Mills about it.")), [person])
+    assert party.cases == ()
