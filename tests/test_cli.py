@@ -108,3 +108,29 @@ def test_when_scan_of_sensitive_message_then_findings_with_redacted_excerpts(
     ):
         assert value not in result.stdout, value
         assert value not in result.stderr, value
+
+
+def test_when_scan_without_envelope_flags_then_envelope_comes_from_headers(
+    tmp_path: Path,
+) -> None:
+    config = write_config(tmp_path)
+    message = tmp_path / "m.eml"
+    message.write_bytes(
+        b"From: Joy Okafor <j.okafor@northshire.gov.uk>\n"
+        b"To: Sarah Mills <s.mills@millsandco-solicitors.co.uk>, p.ash@brightwaterlaw.co.uk\n"
+        b"Cc: guardian.team@cafcass.gov.uk\n"
+        b"Bcc: dan.hart77@gmail.com\n"
+        b"Subject: hearing\n\nSee you at the hearing.\n"
+    )
+    result = _smtpguard("scan", str(message), "--config", str(config), "--json")
+    assert result.returncode == 0, result.stderr
+    assert list(json.loads(result.stdout)["recipients"]) == [
+        "s.mills@millsandco-solicitors.co.uk",
+        "p.ash@brightwaterlaw.co.uk",
+        "guardian.team@cafcass.gov.uk",
+        "dan.hart77@gmail.com",
+    ]
+    only = _smtpguard(
+        "scan", str(message), "--config", str(config), "--json", "--to", "x@example.org"
+    )
+    assert list(json.loads(only.stdout)["recipients"]) == ["x@example.org"]

@@ -52,8 +52,16 @@ def build_parser() -> argparse.ArgumentParser:
     scan = commands.add_parser("scan", help="dry run: show the verdict for a message file")
     _add_config(scan)
     scan.add_argument("file", type=Path, metavar="FILE.eml")
-    scan.add_argument("--from", dest="sender", default="", help="envelope sender")
-    scan.add_argument("--to", dest="recipients", action="append", default=[], help="recipient")
+    scan.add_argument(
+        "--from", dest="sender", default=None, help="envelope sender (default: From)"
+    )
+    scan.add_argument(
+        "--to",
+        dest="recipients",
+        action="append",
+        default=[],
+        help="recipient, repeatable (default: To, Cc and Bcc)",
+    )
     scan.add_argument("--json", action="store_true", help="print one JSON object")
 
     queue = commands.add_parser("queue", help="the delivery queue")
@@ -91,6 +99,26 @@ def _check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _envelope_from_headers(raw: bytes) -> tuple[str, tuple[str, ...]]:
+    """Without --from/--to, `scan` reads the envelope a mail server would have used:
+    the sender from Sender or From, the recipients from To, Cc and Bcc."""
+    import email.parser
+    import email.policy
+    import email.utils
+
+    header_end = raw.find(b"\r\n\r\n")
+    head = raw if header_end < 0 else raw[: header_end + 2]
+    message = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(head)
+    senders = email.utils.getaddresses(message.get_all("Sender", []) or message.get_all("From", []))
+    sender = next((address for _, address in senders if address), "")
+    recipients: list[str] = []
+    for name in ("To", "Cc", "Bcc"):
+        for _, address in email.utils.getaddresses([str(v) for v in message.get_all(name, [])]):
+            if address and address not in recipients:
+                recipients.append(address)
+    return sender, tuple(recipients)
+
+
 def _scan(args: argparse.Namespace) -> int:
     from smtpguard.decide import Action
     from smtpguard.envelope import Envelope
@@ -98,9 +126,10 @@ def _scan(args: argparse.Namespace) -> int:
 
     config = _load(args)
     raw = args.file.read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    sender, recipients = _envelope_from_headers(raw)
     envelope = Envelope(
-        sender=args.sender,
-        recipients=tuple(args.recipients),
+        sender=args.sender if args.sender is not None else sender,
+        recipients=tuple(args.recipients) or recipients,
         client_address="127.0.0.1",
         client_name="scan",
         received_at=time.time(),
