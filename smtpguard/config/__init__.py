@@ -162,6 +162,9 @@ _FILE_SETTINGS = (
     ("server", "tls", "certificate"),
     ("server", "tls", "key"),
     ("detect", "edm", "key_file"),
+    ("council", "domains"),
+    ("council", "staff"),
+    ("policy", "file"),
 )
 
 
@@ -191,14 +194,17 @@ def _check_files(data: dict[str, Any], node: yaml.Node | None, source: Path) -> 
     return problems
 
 
-def _with_resolved_paths(config: Config, base: Path) -> Config:
-    upstream = config.upstream.model_copy(
+def _resolved_upstream(upstream: UpstreamConfig, base: Path) -> UpstreamConfig:
+    return upstream.model_copy(
         update={
-            "ca_file": config.upstream.ca_file and _resolve(base, config.upstream.ca_file),
-            "password_file": config.upstream.password_file
-            and _resolve(base, config.upstream.password_file),
+            "ca_file": upstream.ca_file and _resolve(base, upstream.ca_file),
+            "password_file": upstream.password_file and _resolve(base, upstream.password_file),
         }
     )
+
+
+def _with_resolved_paths(config: Config, base: Path) -> Config:
+    upstream = _resolved_upstream(config.upstream, base)
     tls = config.server.tls
     if tls is not None:
         tls = tls.model_copy(
@@ -222,8 +228,30 @@ def _with_resolved_paths(config: Config, base: Path) -> Config:
             ),
         }
     )
+    council = config.council.model_copy(
+        update={
+            "domains": config.council.domains and _resolve(base, config.council.domains),
+            "staff": config.council.staff and _resolve(base, config.council.staff),
+        }
+    )
+    policy = config.policy.model_copy(
+        update={
+            "file": config.policy.file and _resolve(base, config.policy.file),
+            "routes": {
+                name: _resolved_upstream(route, base)
+                for name, route in config.policy.routes.items()
+            },
+        }
+    )
     return config.model_copy(
-        update={"server": server, "upstream": upstream, "store": store, "detect": detect}
+        update={
+            "server": server,
+            "upstream": upstream,
+            "store": store,
+            "detect": detect,
+            "council": council,
+            "policy": policy,
+        }
     )
 
 

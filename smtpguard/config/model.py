@@ -259,6 +259,32 @@ class DetectConfig(_Section):
     edm: EdmConfig | None = None
 
 
+class CouncilConfig(_Section):
+    """The council's own registers, in the example council's CSV formats."""
+
+    # domain,group: internal, secure, partner, webmail, obsolete, ... (`*.` for subdomains)
+    domains: Path | None = None
+    # email,name,team,review_role,login: who sends as which team, who reviews.
+    staff: Path | None = None
+
+
+_ROUTE_NAME = re.compile(r"[a-z][a-z0-9-]*")
+
+
+class PolicyConfig(_Section):
+    """The rules, and the named next hops a `route` rule may send mail through."""
+
+    file: Path | None = None
+    routes: dict[str, UpstreamConfig] = {}
+
+    @model_validator(mode="after")
+    def _route_names(self) -> PolicyConfig:
+        for name in self.routes:
+            if not _ROUTE_NAME.fullmatch(name):
+                raise ValueError(f"route name {name!r}: lower-case letters, digits and hyphens")
+        return self
+
+
 class LoggingConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -271,4 +297,6 @@ class Config(_Section):
     store: StoreConfig = StoreConfig()
     parse: ParseConfig = ParseConfig()
     detect: DetectConfig = DetectConfig()
+    council: CouncilConfig = CouncilConfig()
+    policy: PolicyConfig = PolicyConfig()
     logging: LoggingConfig = LoggingConfig()
