@@ -26,7 +26,7 @@ def test_the_example_councils_staff_load() -> None:
         ("nobody,No Body,children,,", "email is not an address"),
         ("a@northshire.gov.uk,A,Children Services,,", "team must be a lower-case name"),
         ("a@northshire.gov.uk,A,children,boss,abc", "review_role must be reviewer, approver"),
-        ("a@northshire.gov.uk,A,children,reviewer,", "needs the login"),
+        ("a@northshire.gov.uk,A,children,reviewer,", "a reviewer needs the login"),
         ("a@northshire.gov.uk,A,children,reviewer,Bad Login", "login is not a valid user name"),
     ],
 )
