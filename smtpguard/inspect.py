@@ -7,30 +7,15 @@ decides in its own process; `inspect_message` does all three here, for
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from smtpguard.config.model import DetectConfig
-from smtpguard.decide import Verdict, decide_verdict
+from smtpguard.config.model import Config, DetectConfig
+from smtpguard.decide import Verdict
+from smtpguard.decide.decider import Decider, Reading
+from smtpguard.decide.domains import DomainGroups
 from smtpguard.decide.facts import Attachment
-from smtpguard.detect import Detection, Finding, detect_message, detect_with
+from smtpguard.detect import Detection, detect_message, detect_with
 from smtpguard.envelope import Envelope
 from smtpguard.parse import Document, Limits, parse_message
 from smtpguard.parse.pool import unreadable_message
-
-
-@dataclass(frozen=True)
-class Reading:
-    """What a worker hands back: what decide needs of the message, not its text.
-
-    The extracted text stays in the worker: it can be megabytes, and the relay
-    process should hold no more of a message's content than it must.
-    """
-
-    subject: str
-    headers: tuple[tuple[str, str], ...]
-    attachments: tuple[Attachment, ...]
-    findings: tuple[Finding, ...]
-    cases: tuple[str, ...] = ()
 
 
 def read_message(raw: bytes, limits: Limits, settings: DetectConfig | None = None) -> Reading:
@@ -68,20 +53,18 @@ def unreadable_reading(reason: str, size: int) -> Reading:
     return _reading(document, detect_message(document, ()))
 
 
-def _findings(document: Document, settings: DetectConfig | None) -> tuple[Finding, ...]:
-    return _detection(document, settings).findings
-
-
-def inspect_document(
-    document: Document, envelope: Envelope, settings: DetectConfig | None = None
-) -> Verdict:
-    return decide_verdict(envelope, _findings(document, settings))
-
-
 def inspect_message(
     raw: bytes,
     envelope: Envelope,
-    limits: Limits | None = None,
-    settings: DetectConfig | None = None,
+    config: Config | None = None,
+    correspondents: frozenset[str] = frozenset(),
 ) -> Verdict:
-    return inspect_document(parse_message(raw, limits), envelope, settings)
+    """The whole scan in this process: the config's limits, detectors, registers and policy
+    (without a config: default limits and detectors, no policy, everyone passes)."""
+    if config is None:
+        reading = read_message(raw, Limits())
+        decider = Decider(DomainGroups({}, {}), None, None, None)
+    else:
+        reading = read_message(raw, config.parse.limits(), config.detect)
+        decider = Decider.from_config(config)
+    return decider.decide(envelope, reading, correspondents)

@@ -27,10 +27,11 @@ from smtpguard.act.dsn import FailedRecipient
 from smtpguard.act.queue import DeliveryQueue, Job
 from smtpguard.act.upstream import Upstream
 from smtpguard.config import Config, ConfigError, Overrides, load_config
-from smtpguard.decide import Action, Verdict, decide_verdict
+from smtpguard.decide import Action, Verdict
+from smtpguard.decide.decider import Decider, Reading
 from smtpguard.detect import Finding
 from smtpguard.envelope import Envelope
-from smtpguard.inspect import Reading, read_message, unreadable_reading
+from smtpguard.inspect import read_message, unreadable_reading
 from smtpguard.listen import Listener, Receipt, listener_settings, replies
 from smtpguard.log import configure_logging
 from smtpguard.parse import ParsePool
@@ -91,9 +92,15 @@ class Relay:
     """Implements the listener's `Intake`: takes messages in, sees them through."""
 
     def __init__(
-        self, config: Config, store: Store, queue: DeliveryQueue, parser: ParsePool[Reading]
+        self,
+        config: Config,
+        store: Store,
+        queue: DeliveryQueue,
+        parser: ParsePool[Reading],
+        decider: Decider,
     ) -> None:
         self.config = config
+        self.decider = decider  # replaced on reload
         self.store = store
         self.queue = queue
         self.parser = parser
@@ -190,7 +197,8 @@ class Relay:
             # Detector names and distinct counts: never a value, excerpt or file name.
             findings=_finding_counts(reading.findings),
         )
-        return decide_verdict(envelope, reading.findings)
+        correspondents = await self.store.correspondents(envelope.sender, envelope.recipients)
+        return self.decider.decide(envelope, reading, correspondents)
 
     def _scan_later(self, message_id: str, envelope: Envelope, content: bytes) -> None:
         self._track(self._scan(message_id, envelope, content))
@@ -352,7 +360,7 @@ class RelayService:
             reader=functools.partial(read_message, settings=config.detect),
             unreadable=unreadable_reading,
         )
-        self.relay = Relay(config, self.store, self.queue, self.parser)
+        self.relay = Relay(config, self.store, self.queue, self.parser, Decider.from_config(config))
         self.listener = Listener(self.relay, listener_settings(config.server))
         self.address: tuple[str, int] | None = None
         self._stop = asyncio.Event()
@@ -415,6 +423,7 @@ class RelayService:
         ]
         self.config = new
         self.relay.config = new
+        self.relay.decider = Decider.from_config(new)
         self.parser.limits = new.parse.limits()
         self.parser.reader = functools.partial(read_message, settings=new.detect)
         self.listener.settings = listener_settings(new.server)

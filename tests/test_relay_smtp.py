@@ -6,7 +6,6 @@ import asyncio
 import smtplib
 import socket
 import ssl
-from collections.abc import Callable
 from email.parser import BytesParser
 from email.policy import default as default_policy
 from pathlib import Path
@@ -16,7 +15,8 @@ import pytest
 import structlog
 import trustme
 
-from smtpguard.decide import Action, RecipientVerdict, Verdict
+from smtpguard.decide import Verdict
+from smtpguard.decide.decider import Decider, Reading
 from smtpguard.detect import Finding
 from smtpguard.envelope import Envelope
 from smtpguard.spool import MessageState, RecipientState
@@ -25,6 +25,7 @@ from tests.detect.edm_helpers import make_registers
 from tests.sink import CaptureSink
 
 SENDER = "j.okafor@northshire.gov.uk"
+EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "example"
 MESSAGE = (
     b"From: Joy Okafor <j.okafor@northshire.gov.uk>\r\n"
     b"To: Sarah Mills <s.mills@millsandco-solicitors.co.uk>\r\n"
@@ -593,28 +594,31 @@ async def test_when_commands_pipelined_then_each_answered_in_order(
     assert captured.recipients == ["a@example.org", "b@example.org"]
 
 
-def _refusing(address_fragment: str) -> Callable[[Envelope, tuple[Finding, ...]], Verdict]:
-    """A decide stage that refuses one recipient: the policy comes later, the modes are now."""
-    refusal = RecipientVerdict(
-        Action.REJECT, ("test-rule",), reason="case material to a restricted party"
-    )
+# A real policy, run by the real decide stage: webmail recipients are refused.
+REFUSING_POLICY = """
+rules:
+  - name: test-rule
+    description: case material to a restricted party
+    when: {recipient: {class: webmail}}
+    action: reject
+    severity: critical
+"""
 
-    def inspect(envelope: Envelope, findings: tuple[Finding, ...]) -> Verdict:
-        return Verdict(
-            recipients={
-                r: refusal if address_fragment in r else RecipientVerdict()
-                for r in envelope.recipients
-            }
-        )
 
-    return inspect
+def _refusing_config(tmp_path: Path) -> dict[str, object]:
+    (tmp_path / "policy.yaml").write_text(REFUSING_POLICY, encoding="utf-8")
+    return {
+        "council": {"domains": str(EXAMPLE / "domains.csv")},
+        "policy": {"file": "policy.yaml"},
+    }
 
 
 async def test_before_queue_reject_is_550_at_end_of_data_and_nothing_stored(
     relays: RelayRunner, sink: CaptureSink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("smtpguard.relay.decide_verdict", _refusing("dan.hart"))
-    service = await relays.start({"server": {"mode": "before-queue"}})
+    service = await relays.start(
+        {"server": {"mode": "before-queue"}, **_refusing_config(relays.tmp_path)}
+    )
     with pytest.raises(aiosmtplib.SMTPDataError) as refused:
         await _send(_port(service), ["dan.hart77@gmail.com"])
     assert refused.value.code == 550
@@ -627,8 +631,7 @@ async def test_before_queue_reject_is_550_at_end_of_data_and_nothing_stored(
 async def test_after_queue_reject_bounces_to_sender_without_content_and_delivers_the_rest(
     relays: RelayRunner, sink: CaptureSink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("smtpguard.relay.decide_verdict", _refusing("dan.hart"))
-    service = await relays.start()
+    service = await relays.start(_refusing_config(relays.tmp_path))
     _, reply = await _send(
         _port(service), ["dan.hart77@gmail.com", "s.mills@millsandco-solicitors.co.uk"]
     )
@@ -652,17 +655,18 @@ async def test_after_queue_reject_bounces_to_sender_without_content_and_delivers
 async def test_when_scanning_fails_then_nothing_leaves_unscanned_and_scan_is_retried(
     relays: RelayRunner, sink: CaptureSink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from smtpguard.decide import decide_verdict
-
     calls: list[int] = []
+    decide = Decider.decide
 
-    def broken_then_fine(envelope: Envelope, findings: tuple[Finding, ...]) -> Verdict:
+    def broken_then_fine(
+        self: Decider, envelope: Envelope, read: Reading, correspondents: frozenset[str]
+    ) -> Verdict:
         calls.append(1)
         if len(calls) == 1:
             raise RuntimeError("a policy bug")
-        return decide_verdict(envelope, findings)
+        return decide(self, envelope, read, correspondents)
 
-    monkeypatch.setattr("smtpguard.relay.decide_verdict", broken_then_fine)
+    monkeypatch.setattr(Decider, "decide", broken_then_fine)
     service = await relays.start({"delivery": {"retry_initial": "500ms"}})
     _, reply = await _send(_port(service), ["a@example.org"])
     await asyncio.sleep(0.2)
@@ -716,15 +720,16 @@ async def test_when_message_carries_attachments_then_relay_reads_them_in_workers
     import io
     import zipfile
 
-    from smtpguard.decide import decide_verdict
-
     seen: list[tuple[Finding, ...]] = []
+    decide = Decider.decide
 
-    def recording(envelope: Envelope, findings: tuple[Finding, ...]) -> Verdict:
-        seen.append(findings)
-        return decide_verdict(envelope, findings)
+    def recording(
+        self: Decider, envelope: Envelope, read: Reading, correspondents: frozenset[str]
+    ) -> Verdict:
+        seen.append(read.findings)
+        return decide(self, envelope, read, correspondents)
 
-    monkeypatch.setattr("smtpguard.relay.decide_verdict", recording)
+    monkeypatch.setattr(Decider, "decide", recording)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr("minutes.txt", "Minutes: NHS number 943 476 5919 discussed")

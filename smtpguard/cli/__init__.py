@@ -123,6 +123,7 @@ def _scan(args: argparse.Namespace) -> int:
     from smtpguard.decide import Action
     from smtpguard.envelope import Envelope
     from smtpguard.inspect import inspect_message
+    from smtpguard.spool.sqlite import read_correspondents
 
     config = _load(args)
     raw = args.file.read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
@@ -134,7 +135,10 @@ def _scan(args: argparse.Namespace) -> int:
         client_name="scan",
         received_at=time.time(),
     )
-    verdict = inspect_message(raw, envelope, config.parse.limits(), config.detect)
+    correspondents = read_correspondents(
+        config.store.data_dir, envelope.sender, envelope.recipients
+    )
+    verdict = inspect_message(raw, envelope, config, correspondents)
     result = {
         "verdict": verdict.action.value,
         "recipients": {
@@ -142,11 +146,17 @@ def _scan(args: argparse.Namespace) -> int:
                 "action": v.action.value,
                 "approvals": v.approvals,
                 "rules": list(v.rules),
+                "classes": list(v.classes),
+                "facts": list(v.facts),
                 "reason": v.reason,
+                "delay_seconds": v.delay_seconds,
+                "route": v.route,
+                "require_tls": v.require_tls,
+                "explanation": list(v.explanation),
             }
             for address, v in verdict.recipients.items()
         },
-        "cases": [],
+        "cases": list(verdict.cases),
         "findings": [
             {
                 "detector": f.detector,
@@ -164,8 +174,10 @@ def _scan(args: argparse.Namespace) -> int:
     else:
         print(f"verdict: {result['verdict']}")
         for address, v in verdict.recipients.items():
-            rules = ", ".join(v.rules) or "no rule fired"
-            print(f"  {address}: {v.action.value} ({rules})")
+            classes = ", ".join((*v.classes, *v.facts))
+            print(f"  {address} [{classes}]: {v.action.value}")
+            for line in v.explanation:
+                print(f"    {line}")
     held = verdict.action in (Action.QUARANTINE, Action.REJECT, Action.DELAY)
     return EXIT_HELD if held else EXIT_OK
 

@@ -316,12 +316,20 @@ def load_config(path: Path, overrides: Overrides | None = None) -> Config:
 
 
 def _check_detectors(config: Config, node: yaml.Node | None, source: Path) -> None:
-    """Keyword dictionaries and exact-data-match registers are read now, not at first mail."""
+    """Dictionaries, registers and the policy are read now, not at the first mail."""
+    from smtpguard.decide.decider import Decider
+    from smtpguard.decide.policy import PolicyError
     from smtpguard.detect.registry import configured_detectors
 
     try:
         configured_detectors(config.detect)
     except ValueError as exc:
-        raise ConfigError(
-            [Problem(source, _line_of(node, ("detect",)), f"detect: {exc}")]
-        ) from None
+        line = _line_of(node, ("detect",))
+        raise ConfigError([Problem(source, line, f"detect: {exc}")]) from None
+    try:
+        Decider.from_config(config)
+    except PolicyError as exc:
+        raise ConfigError(list(exc.problems)) from None
+    except ValueError as exc:
+        line = _line_of(node, ("council",))
+        raise ConfigError([Problem(source, line, f"council: {exc}")]) from None

@@ -601,6 +601,30 @@ class SQLiteStore(Store):
         return await self._write(self._retry_now, now)
 
 
+def read_correspondents(
+    data_dir: Path, sender: str, recipients: Sequence[str]
+) -> frozenset[str]:
+    """For `smtpguard scan`: the store's recipient history, read-only, if there is a store.
+
+    A dry run must not change anything, so the database is opened read-only
+    and a missing or older one simply means no history.
+    """
+    path = data_dir / "smtpguard.db"
+    if not sender or not recipients or not path.is_file():
+        return frozenset()
+    lowered = sorted({r.lower() for r in recipients})
+    marks = ",".join("?" * len(lowered))
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
+            rows = db.execute(
+                f"SELECT recipient FROM correspondents WHERE sender = ? AND recipient IN ({marks})",  # noqa: S608
+                (sender.lower(), *lowered),
+            ).fetchall()
+    except sqlite3.Error:
+        return frozenset()
+    return frozenset(row[0] for row in rows)
+
+
 def _rows(
     message_id: str,
     header: SpoolHeader,
