@@ -67,7 +67,9 @@ def received_header(envelope: Envelope, hostname: str, message_id: str) -> bytes
 
 
 def _recipient_state(action: Action) -> RecipientState:
-    if action in (Action.DELAY, Action.QUARANTINE):
+    if action is Action.DELAY:
+        return RecipientState.DELAYED
+    if action is Action.QUARANTINE:
         return RecipientState.HELD
     if action is Action.REJECT:
         return RecipientState.REJECTED
@@ -77,9 +79,15 @@ def _recipient_state(action: Action) -> RecipientState:
 def _message_state(states: list[RecipientState]) -> MessageState:
     if RecipientState.PENDING in states:
         return MessageState.QUEUED
-    if RecipientState.HELD in states:
+    if RecipientState.HELD in states or RecipientState.DELAYED in states:
         return MessageState.HELD
     return MessageState.REJECTED
+
+
+def _release_at(verdict: Verdict, now: float) -> float | None:
+    """When the delayed recipients go: the longest delay any of them got."""
+    delays = [v.delay_seconds for v in verdict.recipients.values() if v.action is Action.DELAY]
+    return now + max(delays) if delays else None
 
 
 @dataclass
@@ -140,8 +148,9 @@ class Relay:
         )
         # Shielded: once the store has the message, it is seen through even if
         # the client hangs up before reading the 250.
+        release_at = _release_at(verdict, time.time()) if verdict is not None else None
         return await asyncio.shield(
-            self._store(message_id, envelope, content, tls, recipient_states)
+            self._store(message_id, envelope, content, tls, recipient_states, release_at)
         )
 
     async def _store(
@@ -151,6 +160,7 @@ class Relay:
         content: bytes,
         tls: bool,
         recipient_states: list[RecipientState] | None,
+        release_at: float | None = None,
     ) -> Receipt:
         state = _message_state(recipient_states) if recipient_states else MessageState.RECEIVED
         try:
@@ -162,6 +172,7 @@ class Relay:
                 origin=Origin.RELAY,
                 expires_at=envelope.received_at + self.config.delivery.lifetime,
                 recipient_states=recipient_states,
+                release_at=release_at,
             )
         except OSError as exc:
             log.error("message.store_failed", client=envelope.client_address, error=exc.strerror)
@@ -246,8 +257,11 @@ class Relay:
                     action=verdict.action.value,
                     rules=_fired_rules(verdict),
                 )
+            release_at = _release_at(verdict, now)
             if state is not MessageState.QUEUED:
-                await self.store.set_state(message_id, state, recipient_states=states)
+                await self.store.set_state(
+                    message_id, state, recipient_states=states, release_at=release_at
+                )
             elif any(s is not RecipientState.PENDING for s in states.values()):
                 # Some recipients wait or are refused: record that, and claim the
                 # rest for delivery, in one commit.
@@ -257,6 +271,7 @@ class Relay:
                     recipient_states=states,
                     next_attempt_at=now,
                     lease=self.queue.lease(),
+                    release_at=release_at,
                 )
             await self._bounce_refused(record, verdict, content)
             if state is MessageState.QUEUED:

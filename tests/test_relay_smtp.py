@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import smtplib
 import socket
 import ssl
+import subprocess
+import sys
+import time
 from email.parser import BytesParser
 from email.policy import default as default_policy
 from pathlib import Path
@@ -824,3 +828,95 @@ async def test_exact_data_match_registers_from_the_config_are_matched_in_the_wor
     assert scanned["findings"]["edm_protected_address"] == 1
     for secret in ("Amelia", "Hart", "Elmwood", "NS4 7QJ", "2015"):
         assert secret not in repr(logs), secret
+
+
+HOLDING_POLICY = """
+rules:
+  - name: delay-webmail
+    description: mail to a personal webmail address waits a moment before it goes
+    when: {recipient: {class: webmail}}
+    action: delay
+    delay: 1s
+    severity: low
+  - name: hold-lookalike
+    description: the address imitates a known domain
+    when: {recipient: {fact: lookalike}}
+    action: quarantine
+    approvals: 2
+    severity: high
+"""
+
+
+async def test_per_recipient_verdicts_pass_delay_and_quarantine_one_message(
+    relays: RelayRunner, sink: CaptureSink
+) -> None:
+    (relays.tmp_path / "policy.yaml").write_text(HOLDING_POLICY, encoding="utf-8")
+    service = await relays.start(
+        {
+            "council": {"domains": str(EXAMPLE / "domains.csv")},
+            "policy": {"file": "policy.yaml"},
+            "delivery": {"poll_interval": "200ms"},
+        }
+    )
+    passing = "s.mills@millsandco-solicitors.co.uk"
+    delayed = "karen.hart84@hotmail.co.uk"
+    held = "guardian.team@cafcas.gov.uk"
+    sent_at = time.monotonic()
+    _, reply = await _send(_port(service), [passing, delayed, held])
+    message_id = reply.rsplit(" ", 1)[1]
+    [first] = await sink.handler.wait_for(1, timeout=10)
+    assert first.recipients == [passing]
+    [_, second] = await sink.handler.wait_for(2, timeout=10)
+    assert second.recipients == [delayed]
+    assert time.monotonic() - sent_at >= 1.0
+    await asyncio.sleep(1.0)
+    assert len(sink.handler.messages) == 2  # the quarantined copy never leaves
+    record = await service.store.load(message_id)
+    assert record is not None and record.state is MessageState.HELD
+    assert {r.address: r.state for r in record.recipients} == {
+        passing: RecipientState.DELIVERED,
+        delayed: RecipientState.DELIVERED,
+        held: RecipientState.HELD,
+    }
+    listed = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            "-m",
+            "smtpguard",
+            "queue",
+            "list",
+            "--json",
+            "--config",
+            str(relays.tmp_path / "smtpguard.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    [row] = [r for r in json.loads(listed.stdout) if r["id"] == message_id]
+    assert row["state"] == "held"
+    assert {r["address"]: r["state"] for r in row["recipients"]}[held] == "held"
+
+
+async def test_a_delayed_message_survives_a_restart_and_still_goes_at_its_time(
+    relays: RelayRunner, sink: CaptureSink
+) -> None:
+    (relays.tmp_path / "policy.yaml").write_text(HOLDING_POLICY, encoding="utf-8")
+    changes = {
+        "council": {"domains": str(EXAMPLE / "domains.csv")},
+        "policy": {"file": "policy.yaml"},
+        "delivery": {"poll_interval": "200ms"},
+    }
+    service = await relays.start(changes)
+    _, reply = await _send(_port(service), ["karen.hart84@hotmail.co.uk"])
+    message_id = reply.rsplit(" ", 1)[1]
+    await asyncio.sleep(0.3)
+    record = await service.store.load(message_id)
+    assert record is not None and record.state is MessageState.HELD
+    assert record.release_at is not None
+    await relays.stop_all()
+    assert sink.handler.messages == []
+    await relays.start(changes)
+    [delivered] = await sink.handler.wait_for(1, timeout=10)
+    assert delivered.recipients == ["karen.hart84@hotmail.co.uk"]

@@ -131,6 +131,9 @@ class DeliveryQueue:
             if room <= 0 or self._stopping:
                 continue
             try:
+                released = await self.store.release_due(time.time())
+                if released:
+                    log.info("message.delay_ended", ids=released)
                 due = await self.store.claim_due(time.time(), self.owner, LEASE_SECONDS, room)
             except Exception as exc:
                 log.error("queue.poll_failed", error=type(exc).__name__)
@@ -199,7 +202,7 @@ class DeliveryQueue:
             next_attempt = min(
                 now + retry_delay(self.config, record.attempts + 1), record.expires_at
             )
-        elif RecipientState.HELD in states:
+        elif RecipientState.HELD in states or RecipientState.DELAYED in states:
             state = MessageState.HELD
         elif RecipientState.BOUNCED in states or RecipientState.EXPIRED in states:
             state = MessageState.BOUNCED

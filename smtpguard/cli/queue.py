@@ -17,6 +17,7 @@ QUEUE_STATES = (
     MessageState.DELIVERING,
     MessageState.DEFERRED,
     MessageState.RELEASED,
+    MessageState.HELD,  # waiting for a reviewer or a delay: never delivered meanwhile
 )
 
 
@@ -52,6 +53,7 @@ async def list_queue(config: Config, *, as_json: bool) -> int:
             "received_at": r.envelope.received_at,
             "attempts": r.attempts,
             "next_attempt_at": r.next_attempt_at,
+            "release_at": r.release_at,
         }
         for r in records
     ]
@@ -69,12 +71,14 @@ async def list_queue(config: Config, *, as_json: bool) -> int:
             if r.next_attempt_at and r.state is MessageState.DEFERRED
             else ""
         )
+        if r.release_at:
+            next_try = f"delayed: {_age(r.release_at - now)}"
         table.add_row(
             r.id,
             r.state.value,
             _age(now - r.envelope.received_at),
             r.envelope.sender or "<>",
-            "\n".join(p.address for p in waiting) or "-",
+            "\n".join(f"{p.address} ({p.state.value})" for p in waiting) or "-",
             str(r.attempts),
             next_try,
             "\n".join(p.last_reply[:60] for p in waiting if p.last_reply),

@@ -46,7 +46,8 @@ class RecipientState(enum.StrEnum):
     DEFERRED = "deferred"
     DELIVERED = "delivered"
     BOUNCED = "bounced"
-    HELD = "held"
+    HELD = "held"  # waits for a reviewer
+    DELAYED = "delayed"  # delivered by itself at the message's release time, unless recalled
     REJECTED = "rejected"
     EXPIRED = "expired"
 
@@ -85,6 +86,7 @@ class MessageRecord:
     expires_at: float
     updated_at: float
     recipients: tuple[RecipientRecord, ...]
+    release_at: float | None = None  # when the delayed recipients are delivered
 
     def pending_recipients(self) -> tuple[str, ...]:
         return tuple(

@@ -94,6 +94,10 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (sender, recipient)
     ) WITHOUT ROWID;
     """,
+    """
+    ALTER TABLE messages ADD COLUMN release_at REAL;
+    CREATE INDEX messages_release ON messages (release_at) WHERE release_at IS NOT NULL;
+    """,
 )
 
 
@@ -275,12 +279,15 @@ class SQLiteStore(Store):
         origin: Origin,
         expires_at: float,
         recipient_states: Sequence[RecipientState] | None = None,
+        release_at: float | None = None,
     ) -> None:
         states = recipient_states or [RecipientState.PENDING] * len(envelope.recipients)
         if len(states) != len(envelope.recipients):
             raise ValueError("one recipient state per envelope recipient")
         header = SpoolHeader(envelope, origin.value, expires_at)
-        message_row, recipient_rows = _rows(message_id, header, len(content), state, states)
+        message_row, recipient_rows = _rows(
+            message_id, header, len(content), state, states, release_at
+        )
         # Shielded: once begun, an accept completes even if its caller goes away,
         # so the file and its row always end up agreeing.
         await asyncio.shield(self._accept(message_id, header, content, message_row, recipient_rows))
@@ -306,8 +313,8 @@ class SQLiteStore(Store):
         self._db.execute(
             "INSERT INTO messages (id, state, origin, sender, client_address,"
             " client_name, smtputf8, body_8bit, tls, mail_options, size, received_at,"
-            " updated_at, expires_at, next_attempt_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " updated_at, expires_at, next_attempt_at, release_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             message_row,
         )
         self._db.executemany(
@@ -352,6 +359,7 @@ class SQLiteStore(Store):
             expires_at=row["expires_at"],
             updated_at=row["updated_at"],
             recipients=recipients,
+            release_at=row["release_at"],
         )
 
     def _load(self, message_id: str) -> MessageRecord | None:
@@ -420,6 +428,7 @@ class SQLiteStore(Store):
         recipient_states: dict[str, RecipientState] | None,
         next_attempt_at: float | None,
         lease: tuple[str, float] | None,
+        release_at: float | None,
     ) -> None:
         now = time.time()
         if next_attempt_at is None and state in DELIVERABLE:
@@ -427,8 +436,8 @@ class SQLiteStore(Store):
         owner, until = lease if lease else (None, None)
         self._db.execute(
             "UPDATE messages SET state = ?, updated_at = ?, next_attempt_at = ?,"
-            " lease_owner = ?, lease_until = ? WHERE id = ?",
-            (state.value, now, next_attempt_at, owner, until, message_id),
+            " lease_owner = ?, lease_until = ?, release_at = ? WHERE id = ?",
+            (state.value, now, next_attempt_at, owner, until, release_at, message_id),
         )
         self._db.executemany(
             "UPDATE recipients SET state = ?, updated_at = ? WHERE message_id = ? AND address = ?",
@@ -443,6 +452,7 @@ class SQLiteStore(Store):
         recipient_states: dict[str, RecipientState] | None = None,
         next_attempt_at: float | None = None,
         lease: tuple[str, float] | None = None,
+        release_at: float | None = None,
     ) -> None:
         await self._write(
             self._set_state,
@@ -451,9 +461,38 @@ class SQLiteStore(Store):
             recipient_states,
             next_attempt_at,
             lease,
+            release_at,
             subject=message_id,
             finished_id=message_id if state.finished else None,
         )
+
+    def _release_due(self, now: float) -> list[str]:
+        # Not while a delivery has it: that attempt's outcome would put it back on hold.
+        rows = self._db.execute(
+            "SELECT id, state FROM messages WHERE release_at IS NOT NULL AND release_at <= ?"
+            " AND state IN (?, ?, ?, ?)",
+            (now, *(s.value for s in (*DELIVERABLE, MessageState.HELD))),
+        ).fetchall()
+        released = []
+        for row in rows:
+            self._db.execute(
+                "UPDATE recipients SET state = ?, updated_at = ?"
+                " WHERE message_id = ? AND state = ?",
+                (RecipientState.PENDING.value, now, row["id"], RecipientState.DELAYED.value),
+            )
+            state = MessageState(row["state"])
+            if state is MessageState.HELD:
+                state = MessageState.QUEUED  # deliverable; held recipients stay held
+            self._db.execute(
+                "UPDATE messages SET state = ?, release_at = NULL, updated_at = ?,"
+                " next_attempt_at = CASE WHEN ? THEN ? ELSE next_attempt_at END WHERE id = ?",
+                (state.value, now, state is MessageState.QUEUED, now, row["id"]),
+            )
+            released.append(row["id"])
+        return released
+
+    async def release_due(self, now: float) -> list[str]:
+        return await self._write(self._release_due, now)
 
     def _claim(self, message_id: str, owner: str, lease_seconds: float) -> bool:
         now = time.time()
@@ -631,6 +670,7 @@ def _rows(
     size: int,
     state: MessageState,
     recipient_states: Sequence[RecipientState],
+    release_at: float | None = None,
 ) -> tuple[tuple[Any, ...], list[tuple[Any, ...]]]:
     """The messages row and the recipients rows for a new message."""
     now = time.time()
@@ -651,6 +691,7 @@ def _rows(
         now,
         header.expires_at,
         now,
+        release_at,
     )
     recipient_rows = [
         (message_id, position, address, rstate.value, now)

@@ -54,6 +54,7 @@ class Store(abc.ABC):
         origin: Origin,
         expires_at: float,
         recipient_states: Sequence[RecipientState] | None = None,
+        release_at: float | None = None,
     ) -> None:
         """Make the message durable. Returns only once a crash can no longer lose it."""
 
@@ -72,8 +73,10 @@ class Store(abc.ABC):
         recipient_states: dict[str, RecipientState] | None = None,
         next_attempt_at: float | None = None,
         lease: tuple[str, float] | None = None,
+        release_at: float | None = None,
     ) -> None:
-        """Move a message on; with `lease` (owner, until) it is also claimed for delivery.
+        """Move a message on; with `lease` (owner, until) it is also claimed for delivery;
+        with `release_at`, its delayed recipients are delivered from that time.
 
         A message moved to a finished state loses its bytes: mail that is done
         with is not kept on the relay.
@@ -101,6 +104,10 @@ class Store(abc.ABC):
 
         As with set_state, a finished message's bytes are removed.
         """
+
+    @abc.abstractmethod
+    async def release_due(self, now: float) -> list[str]:
+        """Delayed recipients whose time has come become pending; returns the message ids."""
 
     @abc.abstractmethod
     async def correspondents(self, sender: str, recipients: Sequence[str]) -> frozenset[str]:

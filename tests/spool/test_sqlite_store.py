@@ -895,4 +895,48 @@ async def test_when_version_1_database_opened_then_upgraded_and_messages_kept(
     finally:
         await opened.close()
     with sqlite3.connect(folder / DB_NAME) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 3
+
+
+async def test_when_release_time_comes_then_delayed_recipients_become_pending(
+    store: Store,
+) -> None:
+    envelope = make_envelope(("now@a.example", "later@b.example", "held@c.example"))
+    message_id = await accept(store, envelope=envelope, state=MessageState.RECEIVED)
+    await store.set_state(
+        message_id,
+        MessageState.HELD,
+        recipient_states={
+            "now@a.example": RecipientState.DELIVERED,
+            "later@b.example": RecipientState.DELAYED,
+            "held@c.example": RecipientState.HELD,
+        },
+        release_at=1000.0,
+    )
+    assert await store.release_due(999.0) == []
+    assert await store.claim_due(2000.0, "worker", 60, limit=10) == []
+    assert await store.release_due(1000.0) == [message_id]
+    record = await store.load(message_id)
+    assert record is not None
+    assert record.state is MessageState.QUEUED and record.release_at is None
+    assert {r.address: r.state for r in record.recipients}["later@b.example"] is (
+        RecipientState.PENDING
+    )
+    assert {r.address: r.state for r in record.recipients}["held@c.example"] is (
+        RecipientState.HELD
+    )
+    assert record.pending_recipients() == ("later@b.example",)
+    assert await store.release_due(5000.0) == []  # released once
+    assert await store.claim_due(5000.0, "worker", 60, limit=10) == [message_id]
+
+
+async def test_when_message_is_being_delivered_then_its_delay_waits(store: Store) -> None:
+    message_id = await accept(store, envelope=make_envelope(("a@b.example", "c@d.example")))
+    await store.set_state(
+        message_id,
+        MessageState.DELIVERING,
+        recipient_states={"c@d.example": RecipientState.DELAYED},
+        lease=("worker", 10_000_000_000.0),
+        release_at=1000.0,
+    )
+    assert await store.release_due(2000.0) == []
