@@ -27,7 +27,7 @@ from smtpguard.act.dsn import FailedRecipient
 from smtpguard.act.queue import DeliveryQueue, Job
 from smtpguard.act.upstream import Upstream
 from smtpguard.config import Config, ConfigError, Overrides, load_config
-from smtpguard.decide import Action, Verdict
+from smtpguard.decide import Action, RecipientVerdict, Verdict
 from smtpguard.decide.decider import Decider, Reading
 from smtpguard.detect import Finding
 from smtpguard.envelope import Envelope
@@ -36,6 +36,7 @@ from smtpguard.listen import Listener, Receipt, listener_settings, replies
 from smtpguard.log import configure_logging
 from smtpguard.parse import ParsePool
 from smtpguard.spool import (
+    Instructions,
     MessageRecord,
     MessageState,
     Origin,
@@ -82,6 +83,22 @@ def _message_state(states: list[RecipientState]) -> MessageState:
     if RecipientState.HELD in states or RecipientState.DELAYED in states:
         return MessageState.HELD
     return MessageState.REJECTED
+
+
+def _routes(config: Config) -> dict[str, Upstream]:
+    return {
+        name: Upstream(route, config.server.hostname)
+        for name, route in config.policy.routes.items()
+    }
+
+
+def _instructions(verdict: RecipientVerdict) -> Instructions:
+    return Instructions(
+        route=verdict.route,
+        require_tls=verdict.require_tls,
+        tag_rules=verdict.rules if verdict.tag else (),
+        subject_prefix=verdict.subject_prefix,
+    )
 
 
 def _release_at(verdict: Verdict, now: float) -> float | None:
@@ -149,8 +166,15 @@ class Relay:
         # Shielded: once the store has the message, it is seen through even if
         # the client hangs up before reading the 250.
         release_at = _release_at(verdict, time.time()) if verdict is not None else None
+        instructions = (
+            [_instructions(verdict.recipients[r]) for r in envelope.recipients]
+            if verdict is not None
+            else None
+        )
         return await asyncio.shield(
-            self._store(message_id, envelope, content, tls, recipient_states, release_at)
+            self._store(
+                message_id, envelope, content, tls, recipient_states, release_at, instructions
+            )
         )
 
     async def _store(
@@ -161,6 +185,7 @@ class Relay:
         tls: bool,
         recipient_states: list[RecipientState] | None,
         release_at: float | None = None,
+        instructions: list[Instructions] | None = None,
     ) -> Receipt:
         state = _message_state(recipient_states) if recipient_states else MessageState.RECEIVED
         try:
@@ -173,6 +198,7 @@ class Relay:
                 expires_at=envelope.received_at + self.config.delivery.lifetime,
                 recipient_states=recipient_states,
                 release_at=release_at,
+                instructions=instructions,
             )
         except OSError as exc:
             log.error("message.store_failed", client=envelope.client_address, error=exc.strerror)
@@ -236,6 +262,7 @@ class Relay:
             states = {
                 r: _recipient_state(verdict.recipients[r].action) for r in envelope.recipients
             }
+            told = {r: _instructions(verdict.recipients[r]) for r in envelope.recipients}
             state = _message_state(list(states.values()))
             now = time.time()
             record = MessageRecord(
@@ -248,7 +275,9 @@ class Relay:
                 next_attempt_at=now,
                 expires_at=envelope.received_at + self.config.delivery.lifetime,
                 updated_at=now,
-                recipients=tuple(RecipientRecord(a, s) for a, s in states.items()),
+                recipients=tuple(
+                    RecipientRecord(a, s, instructions=told[a]) for a, s in states.items()
+                ),
             )
             if verdict.action is not Action.PASS:
                 log.info(
@@ -258,13 +287,20 @@ class Relay:
                     rules=_fired_rules(verdict),
                 )
             release_at = _release_at(verdict, now)
+            # Route, TLS and tag instructions are stored with their recipients, so a
+            # retry after a restart delivers each copy the same way.
+            special = {a: i for a, i in told.items() if i != Instructions()}
             if state is not MessageState.QUEUED:
                 await self.store.set_state(
-                    message_id, state, recipient_states=states, release_at=release_at
+                    message_id,
+                    state,
+                    recipient_states=states,
+                    release_at=release_at,
+                    instructions=special,
                 )
-            elif any(s is not RecipientState.PENDING for s in states.values()):
-                # Some recipients wait or are refused: record that, and claim the
-                # rest for delivery, in one commit.
+            elif special or any(s is not RecipientState.PENDING for s in states.values()):
+                # Some recipients wait, are refused or go their own way: record that,
+                # and claim the rest for delivery, in one commit.
                 await self.store.set_state(
                     message_id,
                     MessageState.DELIVERING,
@@ -272,6 +308,7 @@ class Relay:
                     next_attempt_at=now,
                     lease=self.queue.lease(),
                     release_at=release_at,
+                    instructions=special,
                 )
             await self._bounce_refused(record, verdict, content)
             if state is MessageState.QUEUED:
@@ -367,7 +404,10 @@ class RelayService:
             config.delivery,
             config.server.hostname,
             workers=config.upstream.max_connections,
+            routes=_routes(config),
+            tls_route=config.policy.tls_route,
         )
+        self.config_routes = config.policy.routes
         self.parser = ParsePool(
             config.parse.workers,
             config.parse.limits(),
@@ -448,6 +488,13 @@ class RelayService:
             self.upstream = Upstream(new.upstream, new.server.hostname)
             self.queue.upstream = self.upstream
             self._background.append(asyncio.create_task(old_upstream.close()))
+        if new.policy.routes != self.config_routes:
+            old_routes = self.queue.routes
+            self.queue.routes = _routes(new)
+            for route in old_routes.values():
+                self._background.append(asyncio.create_task(route.close()))
+        self.config_routes = new.policy.routes
+        self.queue.tls_route = new.policy.tls_route
         configure_logging(new.logging)
         log.info("config.reloaded", restart_needed_for=restart_needed)
         self.queue.wake()
@@ -472,6 +519,8 @@ class RelayService:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         await self.upstream.close()
+        for route in self.queue.routes.values():
+            await route.close()
         await asyncio.to_thread(self.parser.close)
         await self.store.close()
         log.info("relay.stopped", drained=drained)

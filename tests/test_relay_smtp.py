@@ -920,3 +920,91 @@ async def test_a_delayed_message_survives_a_restart_and_still_goes_at_its_time(
     await relays.start(changes)
     [delivered] = await sink.handler.wait_for(1, timeout=10)
     assert delivered.recipients == ["karen.hart84@hotmail.co.uk"]
+
+
+INSTRUCTING_POLICY = """
+rules:
+  - name: secure-subject
+    description: the sender asked for the secure route
+    when: {subject: {matches: '\\[secure\\]'}}
+    action: route
+    route: gateway
+    severity: low
+  - name: webmail-needs-tls
+    description: personal mail only over verified TLS
+    when: {recipient: {class: webmail}}
+    action: require_tls
+    severity: medium
+  - name: tag-partners
+    description: partners' copies say what they carry
+    when: {recipient: {class: partner}}
+    action: tag
+    subject_prefix: "[OFFICIAL]"
+    severity: low
+"""
+
+
+async def _instructed(
+    relays: RelayRunner, gateway: CaptureSink, tls: CaptureSink | None
+) -> object:
+    (relays.tmp_path / "policy.yaml").write_text(INSTRUCTING_POLICY, encoding="utf-8")
+    routes: dict[str, object] = {"gateway": {"host": "127.0.0.1", "port": gateway.port}}
+    policy: dict[str, object] = {"file": "policy.yaml", "routes": routes}
+    if tls is not None:
+        routes["verified-tls"] = {"host": "127.0.0.1", "port": tls.port}
+        policy["tls_route"] = "verified-tls"
+    return await relays.start(
+        {"council": {"domains": str(EXAMPLE / "domains.csv")}, "policy": policy}
+    )
+
+
+async def test_route_tag_and_require_tls_instructions_choose_each_copys_next_hop(
+    relays: RelayRunner, sink: CaptureSink
+) -> None:
+    gateway, tls = CaptureSink(), CaptureSink()
+    await gateway.start()
+    await tls.start()
+    try:
+        service = await _instructed(relays, gateway, tls)
+        partner, webmail = "s.mills@millsandco-solicitors.co.uk", "karen.hart84@hotmail.co.uk"
+        await _send(_port(service), [partner, webmail])
+        [tagged] = await sink.handler.wait_for(1, timeout=10)
+        assert tagged.recipients == [partner]
+        assert b"X-Smtpguard-Tag: tag-partners\r\n" in tagged.content
+        assert b"\r\nSubject: [OFFICIAL] Amelia Hart - strategy meeting notes\r\n" in tagged.content
+        [secure] = await tls.handler.wait_for(1, timeout=10)
+        assert secure.recipients == [webmail]
+        assert b"X-Smtpguard-Tag" not in secure.content
+
+        secure_subject = MESSAGE.replace(b"Subject: ", b"Subject: [secure] ")
+        await _send(_port(service), ["guardian.team@cafcass.gov.uk"], secure_subject)
+        [routed] = await gateway.handler.wait_for(1, timeout=10)
+        assert routed.recipients == ["guardian.team@cafcass.gov.uk"]
+        assert len(sink.handler.messages) == 1
+    finally:
+        await gateway.stop()
+        await tls.stop()
+
+
+async def test_require_tls_without_a_verified_hop_holds_the_copy(
+    relays: RelayRunner, sink: CaptureSink
+) -> None:
+    gateway = CaptureSink()
+    await gateway.start()
+    try:
+        service = await _instructed(relays, gateway, None)
+        webmail = "karen.hart84@hotmail.co.uk"
+        _, reply = await _send(_port(service), [webmail, "m.patel@northshire.gov.uk"])
+        message_id = reply.rsplit(" ", 1)[1]
+        [delivered] = await sink.handler.wait_for(1, timeout=10)
+        assert delivered.recipients == ["m.patel@northshire.gov.uk"]
+        await asyncio.sleep(0.5)
+        record = await service.store.load(message_id)
+        assert record is not None and record.state is MessageState.HELD
+        [held] = [r for r in record.recipients if r.address == webmail]
+        assert held.state is RecipientState.HELD
+        assert held.last_reply.startswith("held: verified TLS required")
+        assert held.instructions.require_tls
+        assert len(sink.handler.messages) == 1
+    finally:
+        await gateway.stop()

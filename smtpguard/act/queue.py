@@ -17,7 +17,7 @@ import os
 import random
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -25,8 +25,10 @@ import structlog
 from smtpguard.act.dsn import FailedRecipient, build_dsn, failed_recipient
 from smtpguard.act.upstream import Transaction, Upstream
 from smtpguard.config import DeliveryConfig
+from smtpguard.config.model import UpstreamConfig
 from smtpguard.envelope import Envelope
 from smtpguard.spool import (
+    Instructions,
     MessageRecord,
     MessageState,
     Origin,
@@ -57,6 +59,34 @@ def retry_delay(config: DeliveryConfig, attempts: int) -> float:
     return base * random.uniform(0.75, 1.25)
 
 
+def verifies_tls(config: UpstreamConfig) -> bool:
+    return config.security != "none" and config.verify_certificate
+
+
+def tagged(content: bytes, instructions: Instructions) -> bytes:
+    """The copy with the verdict header and subject prefix a `tag` verdict asks for."""
+    if not instructions.tag_rules and not instructions.subject_prefix:
+        return content
+    end = content.find(b"\r\n\r\n")
+    head, body = (content, b"") if end < 0 else (content[: end + 2], content[end + 2 :])
+    if instructions.subject_prefix:
+        prefix = instructions.subject_prefix.encode("utf-8")
+        lines = head.split(b"\r\n")
+        for index, line in enumerate(lines):
+            if line[:8].lower() == b"subject:":
+                value = line[8:].lstrip()
+                if not value.startswith(prefix):
+                    lines[index] = b"Subject: " + prefix + b" " + value
+                break
+        else:
+            lines.insert(0, b"Subject: " + prefix)
+        head = b"\r\n".join(lines)
+    if instructions.tag_rules:
+        rules = ", ".join(instructions.tag_rules).encode("ascii", "replace")
+        head = b"X-Smtpguard-Tag: " + rules + b"\r\n" + head
+    return head + body
+
+
 def reply_code(reply: str) -> str:
     """The part of a reply that is safe to log.
 
@@ -80,9 +110,15 @@ class DeliveryQueue:
         config: DeliveryConfig,
         reporting_mta: str,
         workers: int,
+        routes: Mapping[str, Upstream] | None = None,
+        tls_route: str | None = None,
     ) -> None:
         self.store = store
         self.upstream = upstream
+        # Named next hops (`route` verdicts) and the one that enforces verified TLS
+        # onward (`require_tls` when the upstream itself is not verified TLS).
+        self.routes: Mapping[str, Upstream] = routes or {}
+        self.tls_route = tls_route
         self.config = config
         self.reporting_mta = reporting_mta
         self.workers = workers
@@ -172,17 +208,53 @@ class DeliveryQueue:
             await self._expire(record, pending, now)
             return
         content = job.content if job.content is not None else await self.store.content(record.id)
+        told = {r.address: r.instructions for r in record.recipients}
+        groups: dict[Instructions, list[str]] = {}
+        for address in pending:
+            groups.setdefault(told.get(address, Instructions()), []).append(address)
+        started = time.monotonic()
+        outcomes: list[RecipientOutcome] = []
+        for instructions, recipients in groups.items():
+            outcomes += await self._deliver(record, content, instructions, recipients)
+        elapsed = time.monotonic() - started
+        await self._finish(record, outcomes, now, content=content, elapsed=elapsed)
+
+    async def _deliver(
+        self,
+        record: MessageRecord,
+        content: bytes,
+        instructions: Instructions,
+        recipients: Sequence[str],
+    ) -> list[RecipientOutcome]:
+        """One transaction for the recipients that share their delivery instructions."""
+        hop, unavailable = self._hop(instructions)
+        if hop is None:
+            return [RecipientOutcome(a, RecipientState.HELD, unavailable) for a in recipients]
         transaction = Transaction(
             sender=record.envelope.sender,
-            recipients=pending,
-            content=content,
+            recipients=recipients,
+            content=tagged(content, instructions),
             smtputf8=record.envelope.smtputf8,
             body_8bit=record.envelope.body_8bit,
         )
-        started = time.monotonic()
-        outcomes = await self.upstream.deliver(transaction)
-        elapsed = time.monotonic() - started
-        await self._finish(record, outcomes, now, content=content, elapsed=elapsed)
+        return await hop.deliver(transaction)
+
+    def _hop(self, instructions: Instructions) -> tuple[Upstream | None, str]:
+        """The next hop these instructions allow, or why there is none (the copy is held)."""
+        hop = self.upstream
+        if instructions.route:
+            route = self.routes.get(instructions.route)
+            if route is None:
+                return None, f"held: route {instructions.route} is not configured"
+            hop = route
+        if instructions.require_tls and not verifies_tls(hop.config):
+            if instructions.route or self.tls_route is None:
+                return None, "held: verified TLS required and the next hop does not verify TLS"
+            tls_hop = self.routes.get(self.tls_route)
+            if tls_hop is None:
+                return None, f"held: TLS route {self.tls_route} is not configured"
+            hop = tls_hop
+        return hop, ""
 
     async def _finish(
         self,
@@ -302,6 +374,7 @@ class DeliveryQueue:
             (RecipientState.DELIVERED, "message.delivered", logging.INFO),
             (RecipientState.DEFERRED, "message.deferred", logging.WARNING),
             (RecipientState.BOUNCED, "message.bounced", logging.WARNING),
+            (RecipientState.HELD, "message.held_for_tls", logging.WARNING),
         ):
             group = by_state.get(rstate)
             if not group or not log.is_enabled_for(level):

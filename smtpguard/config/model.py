@@ -276,12 +276,18 @@ class PolicyConfig(_Section):
 
     file: Path | None = None
     routes: dict[str, UpstreamConfig] = {}
+    # A route whose next hop enforces verified TLS onward (a Postfix listener with
+    # smtp_tls_security_level=verify): `require_tls` copies go there when the
+    # upstream itself does not verify TLS. Without it, such copies are held.
+    tls_route: str | None = None
 
     @model_validator(mode="after")
     def _route_names(self) -> PolicyConfig:
         for name in self.routes:
             if not _ROUTE_NAME.fullmatch(name):
                 raise ValueError(f"route name {name!r}: lower-case letters, digits and hyphens")
+        if self.tls_route is not None and self.tls_route not in self.routes:
+            raise ValueError(f"tls_route {self.tls_route!r} is not one of the routes")
         return self
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 from smtpguard.spool.model import (
     DELIVERABLE,
     UNFINISHED,
+    Instructions,
     MessageRecord,
     MessageState,
     Origin,
@@ -19,6 +20,7 @@ from smtpguard.spool.store import Store, new_message_id
 __all__ = [
     "DELIVERABLE",
     "UNFINISHED",
+    "Instructions",
     "MessageRecord",
     "MessageState",
     "Origin",

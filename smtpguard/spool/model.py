@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import dataclass
 
 from smtpguard.envelope import Envelope
@@ -67,11 +68,45 @@ class Origin(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class Instructions:
+    """How one recipient's copy is delivered, as its verdict said; kept with the recipient
+    so that a retry after a restart delivers it the same way."""
+
+    route: str | None = None  # a named next hop instead of the upstream
+    require_tls: bool = False  # only over verified TLS (or the configured TLS route)
+    tag_rules: tuple[str, ...] = ()  # tag: the rules named in the X-Smtpguard-Tag header
+    subject_prefix: str | None = None
+
+    def to_json(self) -> str:
+        data: dict[str, object] = {}
+        if self.route:
+            data["route"] = self.route
+        if self.require_tls:
+            data["require_tls"] = True
+        if self.tag_rules:
+            data["tag_rules"] = list(self.tag_rules)
+        if self.subject_prefix:
+            data["subject_prefix"] = self.subject_prefix
+        return json.dumps(data, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Instructions:
+        data = json.loads(text or "{}")
+        return cls(
+            route=data.get("route"),
+            require_tls=bool(data.get("require_tls", False)),
+            tag_rules=tuple(data.get("tag_rules", ())),
+            subject_prefix=data.get("subject_prefix"),
+        )
+
+
+@dataclass(frozen=True)
 class RecipientRecord:
     address: str
     state: RecipientState
     attempts: int = 0
     last_reply: str = ""
+    instructions: Instructions = Instructions()
 
 
 @dataclass(frozen=True)

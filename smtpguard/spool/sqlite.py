@@ -29,6 +29,7 @@ from smtpguard.spool.files import FILE_MODE, SpoolFolder, SpoolHeader, make_priv
 from smtpguard.spool.model import (
     DELIVERABLE,
     UNFINISHED,
+    Instructions,
     MessageRecord,
     MessageState,
     Origin,
@@ -97,6 +98,9 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE messages ADD COLUMN release_at REAL;
     CREATE INDEX messages_release ON messages (release_at) WHERE release_at IS NOT NULL;
+    """,
+    """
+    ALTER TABLE recipients ADD COLUMN instructions TEXT NOT NULL DEFAULT '{}';
     """,
 )
 
@@ -280,13 +284,14 @@ class SQLiteStore(Store):
         expires_at: float,
         recipient_states: Sequence[RecipientState] | None = None,
         release_at: float | None = None,
+        instructions: Sequence[Instructions] | None = None,
     ) -> None:
         states = recipient_states or [RecipientState.PENDING] * len(envelope.recipients)
         if len(states) != len(envelope.recipients):
             raise ValueError("one recipient state per envelope recipient")
         header = SpoolHeader(envelope, origin.value, expires_at)
         message_row, recipient_rows = _rows(
-            message_id, header, len(content), state, states, release_at
+            message_id, header, len(content), state, states, release_at, instructions
         )
         # Shielded: once begun, an accept completes even if its caller goes away,
         # so the file and its row always end up agreeing.
@@ -318,8 +323,8 @@ class SQLiteStore(Store):
             message_row,
         )
         self._db.executemany(
-            "INSERT INTO recipients (message_id, position, address, state, updated_at)"
-            " VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO recipients (message_id, position, address, state, updated_at,"
+            " instructions) VALUES (?, ?, ?, ?, ?, ?)",
             recipient_rows,
         )
 
@@ -332,6 +337,7 @@ class SQLiteStore(Store):
                 state=RecipientState(r["state"]),
                 attempts=r["attempts"],
                 last_reply=r["last_reply"],
+                instructions=Instructions.from_json(r["instructions"]),
             )
             for r in self._db.execute(
                 "SELECT * FROM recipients WHERE message_id = ? ORDER BY position", (row["id"],)
@@ -429,6 +435,7 @@ class SQLiteStore(Store):
         next_attempt_at: float | None,
         lease: tuple[str, float] | None,
         release_at: float | None,
+        instructions: dict[str, Instructions] | None = None,
     ) -> None:
         now = time.time()
         if next_attempt_at is None and state in DELIVERABLE:
@@ -443,6 +450,10 @@ class SQLiteStore(Store):
             "UPDATE recipients SET state = ?, updated_at = ? WHERE message_id = ? AND address = ?",
             [(r.value, now, message_id, a) for a, r in (recipient_states or {}).items()],
         )
+        self._db.executemany(
+            "UPDATE recipients SET instructions = ? WHERE message_id = ? AND address = ?",
+            [(told.to_json(), message_id, a) for a, told in (instructions or {}).items()],
+        )
 
     async def set_state(
         self,
@@ -453,6 +464,7 @@ class SQLiteStore(Store):
         next_attempt_at: float | None = None,
         lease: tuple[str, float] | None = None,
         release_at: float | None = None,
+        instructions: dict[str, Instructions] | None = None,
     ) -> None:
         await self._write(
             self._set_state,
@@ -462,6 +474,7 @@ class SQLiteStore(Store):
             next_attempt_at,
             lease,
             release_at,
+            instructions,
             subject=message_id,
             finished_id=message_id if state.finished else None,
         )
@@ -671,6 +684,7 @@ def _rows(
     state: MessageState,
     recipient_states: Sequence[RecipientState],
     release_at: float | None = None,
+    instructions: Sequence[Instructions] | None = None,
 ) -> tuple[tuple[Any, ...], list[tuple[Any, ...]]]:
     """The messages row and the recipients rows for a new message."""
     now = time.time()
@@ -693,10 +707,11 @@ def _rows(
         now,
         release_at,
     )
+    how = instructions or [Instructions()] * len(envelope.recipients)
     recipient_rows = [
-        (message_id, position, address, rstate.value, now)
-        for position, (address, rstate) in enumerate(
-            zip(envelope.recipients, recipient_states, strict=True)
+        (message_id, position, address, rstate.value, now, told.to_json())
+        for position, (address, rstate, told) in enumerate(
+            zip(envelope.recipients, recipient_states, how, strict=True)
         )
     ]
     return message_row, recipient_rows

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from smtpguard.envelope import Envelope
 from smtpguard.spool.model import (
+    Instructions,
     MessageRecord,
     MessageState,
     Origin,
@@ -55,6 +56,7 @@ class Store(abc.ABC):
         expires_at: float,
         recipient_states: Sequence[RecipientState] | None = None,
         release_at: float | None = None,
+        instructions: Sequence[Instructions] | None = None,
     ) -> None:
         """Make the message durable. Returns only once a crash can no longer lose it."""
 
@@ -74,6 +76,7 @@ class Store(abc.ABC):
         next_attempt_at: float | None = None,
         lease: tuple[str, float] | None = None,
         release_at: float | None = None,
+        instructions: dict[str, Instructions] | None = None,
     ) -> None:
         """Move a message on; with `lease` (owner, until) it is also claimed for delivery;
         with `release_at`, its delayed recipients are delivered from that time.
