@@ -1,0 +1,1 @@
+"""Message builders for the breach scenarios B1-B8 (tests/test_scenarios.py)."""
