@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 import yaml
 
 from smtpguard.config import Overrides, load_config
@@ -41,6 +42,14 @@ def merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
         else:
             result[section] = values
     return result
+
+
+@pytest.fixture(autouse=True)
+def _structlog_defaults_after_each_test() -> Iterator[None]:
+    """A command run in-process (cli.main) or a relay configures logging globally, bound
+    to the stream pytest captured for that test; the next test starts from the defaults."""
+    yield
+    structlog.reset_defaults()
 
 
 def write_config(tmp_path: Path, changes: dict[str, Any] | None = None) -> Path:

@@ -951,7 +951,7 @@ async def _instructed(
     routes: dict[str, object] = {"gateway": {"host": "127.0.0.1", "port": gateway.port}}
     policy: dict[str, object] = {"file": "policy.yaml", "routes": routes}
     if tls is not None:
-        routes["verified-tls"] = {"host": "127.0.0.1", "port": tls.port}
+        routes["verified-tls"] = {"host": "127.0.0.1", "port": tls.port, "secure": True}
         policy["tls_route"] = "verified-tls"
     return await relays.start(
         {"council": {"domains": str(EXAMPLE / "domains.csv")}, "policy": policy}

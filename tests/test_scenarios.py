@@ -1140,14 +1140,6 @@ async def test_control_refuge_only_in_a_signature_passes(council: Council, known
 # ---- scan on the command line ----------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "product (cli): `scan` does not configure logging, so loading the exact data match "
-        "registers prints an 'edm_registers_loaded' log line on stdout before the JSON; "
-        "DESIGN says scan --json prints one object"
-    ),
-)
 async def test_scan_json_stdout_is_one_json_object(council: Council) -> None:
     path = council.folder / "to-father.eml"
     path.write_bytes(
@@ -1253,18 +1245,6 @@ async def test_example_hops_court_bundle_leaves_at_once_through_the_verified_tls
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "product (act.queue._hop): a copy with both `route` and `require_tls` is held when the "
-        "route does not verify TLS itself, and tls_route is never tried for a routed copy; "
-        "with the example config (secure-gateway: security none) every [secure]/[encrypt] "
-        "message with case material to an outside party is held (HELD, 'verified TLS "
-        "required and the next hop does not verify TLS') though DESIGN B1 says mail leaves "
-        "'over verified TLS, or through a named secure route', and the same message without "
-        "[secure] is delivered at once"
-    ),
-)
 async def test_example_hops_secure_subject_with_case_material_goes_through_the_gateway(
     example_hops: ExampleHops,
 ) -> None:

@@ -25,7 +25,7 @@ import structlog
 from smtpguard.act.dsn import FailedRecipient, build_dsn, failed_recipient
 from smtpguard.act.upstream import Transaction, Upstream
 from smtpguard.config import DeliveryConfig
-from smtpguard.config.model import UpstreamConfig
+from smtpguard.config.model import RouteConfig, UpstreamConfig
 from smtpguard.envelope import Envelope
 from smtpguard.spool import (
     Instructions,
@@ -60,6 +60,9 @@ def retry_delay(config: DeliveryConfig, attempts: int) -> float:
 
 
 def verifies_tls(config: UpstreamConfig) -> bool:
+    """Whether a copy that must go by verified TLS may leave through this hop."""
+    if isinstance(config, RouteConfig) and config.secure:
+        return True
     return config.security != "none" and config.verify_certificate
 
 

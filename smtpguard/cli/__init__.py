@@ -199,6 +199,13 @@ def _edm(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "serve":
+        # A command's output is its answer (scan --json is piped to jq): the
+        # library's own log lines go to stderr, and only warnings.
+        from smtpguard.config import LoggingConfig
+        from smtpguard.log import configure_logging
+
+        configure_logging(LoggingConfig(level="warning"))
     handlers = {
         "serve": _serve,
         "check-config": _check_config,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import ValidationError
@@ -156,6 +156,8 @@ def _resolve(base: Path, path: Path) -> Path:
 
 
 # Settings that name a file the relay must be able to read.
+U = TypeVar("U", bound=UpstreamConfig)
+
 _FILE_SETTINGS = (
     ("upstream", "ca_file"),
     ("upstream", "password_file"),
@@ -194,7 +196,7 @@ def _check_files(data: dict[str, Any], node: yaml.Node | None, source: Path) -> 
     return problems
 
 
-def _resolved_upstream(upstream: UpstreamConfig, base: Path) -> UpstreamConfig:
+def _resolved_upstream(upstream: U, base: Path) -> U:
     return upstream.model_copy(
         update={
             "ca_file": upstream.ca_file and _resolve(base, upstream.ca_file),

@@ -271,11 +271,19 @@ class CouncilConfig(_Section):
 _ROUTE_NAME = re.compile(r"[a-z][a-z0-9-]*")
 
 
+class RouteConfig(UpstreamConfig):
+    """A named next hop. `secure: true` says the hop is itself the secure channel (an
+    encryption gateway, a listener that delivers only over verified TLS), so copies
+    that must go by verified TLS may go through it."""
+
+    secure: bool = False
+
+
 class PolicyConfig(_Section):
     """The rules, and the named next hops a `route` rule may send mail through."""
 
     file: Path | None = None
-    routes: dict[str, UpstreamConfig] = {}
+    routes: dict[str, RouteConfig] = {}
     # A route whose next hop enforces verified TLS onward (a Postfix listener with
     # smtp_tls_security_level=verify): `require_tls` copies go there when the
     # upstream itself does not verify TLS. Without it, such copies are held.
@@ -288,6 +296,8 @@ class PolicyConfig(_Section):
                 raise ValueError(f"route name {name!r}: lower-case letters, digits and hyphens")
         if self.tls_route is not None and self.tls_route not in self.routes:
             raise ValueError(f"tls_route {self.tls_route!r} is not one of the routes")
+        if self.tls_route is not None and not self.routes[self.tls_route].secure:
+            raise ValueError(f"tls_route {self.tls_route!r} must be a route marked secure: true")
         return self
 
 
