@@ -1017,15 +1017,6 @@ def test_the_caseload_uses_valid_nhs_numbers_from_the_test_range() -> None:
     assert not builders.is_valid_nhs_number("999 000 0001")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "product (detect): a date counts as a date of birth only within 30 characters "
-        "after a cue, so a spreadsheet column headed 'Date of birth' yields 1 "
-        "date_of_birth, not 25; no bulk_identifiers finding, so a caseload of 25 "
-        "children's names and dates of birth goes out after the first-time delay"
-    ),
-)
 async def test_b8_caseload_of_names_and_dates_of_birth_without_nhs_numbers_is_held(
     council: Council,
 ) -> None:

@@ -89,6 +89,7 @@ def _identifiers_and_markings() -> tuple[Detector, ...]:
         bank_account.DETECTOR,
         phone_number.DETECTOR,
         date_of_birth.DETECTOR,
+        date_of_birth.COLUMN_DETECTOR,
         email_addresses.DETECTOR,
         protective_marking.DETECTOR,
         encryption_request.DETECTOR,

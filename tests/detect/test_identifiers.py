@@ -557,3 +557,40 @@ def test_when_long_digit_run_then_linear_time(name: str) -> None:
     started = time.perf_counter()
     DETECTORS[name].scan(text)
     assert time.perf_counter() - started < 2.0
+
+
+# --- date of birth in a table column ------------------------------------------
+
+
+def test_when_table_column_is_headed_date_of_birth_then_every_row_is_a_date_of_birth() -> None:
+    from smtpguard.detect.detectors.date_of_birth import COLUMN_DETECTOR
+
+    table = (
+        "Caseload\n"
+        "Child\tNHS number\tDate of birth (dd/mm/yyyy)\tReferred\n"
+        "Amelia Hart\t999 000 0018\t14/03/2015\t01/02/2024\n"
+        "Noah Hart\t999 000 0026\t2018-11-02\t01/02/2024\n"
+        "Leo Brennan\t\t21.07.2012 00:00:00\t03/03/2024\n"
+        "Maisie Whitlock\t\tnot known\t03/03/2024\n"
+        "Totals: 4 children\n"
+        "Later\tline\t09/01/2016\n"
+    )
+    hits = COLUMN_DETECTOR.scan(table)
+    assert [h.value for h in hits] == ["2015-03-14", "2018-11-02", "2012-07-21"]
+    assert [table[h.start : h.end] for h in hits] == ["14/03/2015", "2018-11-02", "21.07.2012"]
+    assert all(h.confidence is Confidence.HIGH for h in hits)
+
+
+@pytest.mark.parametrize(
+    "table",
+    [
+        "Child\tDate of referral\nAmelia\t14/03/2015\n",  # not a birth cue
+        "Child, DOB\nAmelia, 14/03/2015\n",  # no tab-separated cells
+        "Child\tDOB\nAmelia\t14/03/2099\n",  # in the future
+        "The child (DOB below) was seen\tok\nAmelia\t14/03/2015\n",  # cue inside prose
+    ],
+)
+def test_when_not_a_date_of_birth_column_then_nothing(table: str) -> None:
+    from smtpguard.detect.detectors.date_of_birth import COLUMN_DETECTOR
+
+    assert COLUMN_DETECTOR.scan(table) == []

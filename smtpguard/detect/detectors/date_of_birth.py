@@ -100,3 +100,86 @@ class DateOfBirthDetector:
 
 
 DETECTOR = DateOfBirthDetector()
+
+# A table: cells separated by tabs, as the spreadsheet, CSV and Word-table readers write rows.
+_CELL_SEP = "\t"
+_MAX_ROWS = 100_000
+_TIME_OF_DAY = re.compile(r"\s*(?:\d\d:\d\d(?::\d\d)?)?\s*")
+
+
+class DateOfBirthColumnDetector:
+    """Dates of birth in a table column whose header is a birth cue ("Date of birth",
+    "DOB"): a caseload export, where the dates sit rows below their cue.
+
+    Registered beside `DateOfBirthDetector` under the same name, so one finding
+    counts both. It reads whole texts (no prefilter triggers: the header can be
+    far above a row), but only texts that have tab-separated cells.
+    """
+
+    name: str = "date_of_birth"
+
+    def scan(self, text: str) -> list[Hit]:
+        if _CELL_SEP not in text:
+            return []
+        hits: list[Hit] = []
+        today = dt.date.today()
+        searched = 0
+        for cue in _CUE.finditer(text):
+            if cue.start() < searched:
+                continue
+            searched = self._column(text, cue.start(), today, hits)
+        return hits
+
+    def _column(self, text: str, at: int, today: dt.date, hits: list[Hit]) -> int:
+        """Read the column under the header cell at `at`; return where reading stopped."""
+        line_start = text.rfind("\n", 0, at) + 1
+        line_end = text.find("\n", at)
+        line_end = len(text) if line_end < 0 else line_end
+        header = text[line_start:line_end]
+        if _CELL_SEP not in header:
+            return line_end
+        cells = header.split(_CELL_SEP)
+        column = header.count(_CELL_SEP, 0, at - line_start)
+        if not _CUE.fullmatch(cells[column].strip()) and not _is_header(cells[column]):
+            return line_end
+        position = line_end + 1
+        for _ in range(_MAX_ROWS):
+            if position >= len(text):
+                break
+            end = text.find("\n", position)
+            end = len(text) if end < 0 else end
+            row = text[position:end]
+            if _CELL_SEP not in row:
+                break
+            values = row.split(_CELL_SEP)
+            if column < len(values):
+                cell_start = position + sum(len(v) + 1 for v in values[:column])
+                hit = _cell_date(values[column], cell_start, today)
+                if hit is not None:
+                    hits.append(hit)
+            position = end + 1
+        return position
+
+    def redact(self, value: str) -> str:
+        return DETECTOR.redact(value)
+
+
+def _is_header(cell: str) -> bool:
+    """A header cell that is a cue with a little more: "Date of birth (dd/mm/yyyy)"."""
+    cell = cell.strip()
+    return len(cell) <= 40 and _CUE.match(cell) is not None
+
+
+def _cell_date(cell: str, start: int, today: dt.date) -> Hit | None:
+    stripped = cell.strip()
+    match = DATE.match(stripped)
+    if match is None or not _TIME_OF_DAY.fullmatch(stripped, match.end()):
+        return None
+    date = _to_date(match, today)
+    if date is None:
+        return None
+    offset = start + cell.index(stripped[:1]) if stripped else start
+    return Hit(date.isoformat(), offset, offset + match.end(), Confidence.HIGH)
+
+
+COLUMN_DETECTOR = DateOfBirthColumnDetector()
