@@ -223,6 +223,12 @@ class Relay:
 
     # -- scanning ------------------------------------------------------------
 
+    def warm_up(self) -> None:
+        sample = b"Subject: warm-up\r\n\r\nNHS number 943 476 5919\r\n"
+        reading = self.parser.reader(sample, self.parser.limits)
+        envelope = Envelope("warm@up.invalid", ("warm@up.invalid",), "127.0.0.1", "", 0.0)
+        self.decider.facts(envelope, reading, frozenset())
+
     async def _inspect(self, content: bytes, envelope: Envelope, message_id: str) -> Verdict:
         """Parse and detect in a worker process; decide here (it needs the envelope)."""
         started = time.monotonic()
@@ -437,6 +443,9 @@ class RelayService:
         if handle_signals:
             self._install_signal_handlers()
         await self.store.open()
+        # Compile the detectors' Hyperscan database and load the suffix list now, in a
+        # thread, so the first short message read on the loop does not pay for them.
+        await asyncio.to_thread(self.relay.warm_up)
         resumed = await self.relay.resume()
         self.queue.start()
         self._background.append(asyncio.create_task(self.relay.watch_pressure()))
