@@ -24,10 +24,11 @@ from typing import Any
 import structlog
 
 from smtpguard.act.dsn import FailedRecipient
+from smtpguard.act.notices import HeldCopy, build_reviewer_notice, build_sender_notice
 from smtpguard.act.queue import DeliveryQueue, Job
 from smtpguard.act.upstream import Upstream
 from smtpguard.config import Config, ConfigError, Overrides, load_config
-from smtpguard.decide import Action, RecipientVerdict, Verdict
+from smtpguard.decide import NOTIFY_REVIEWERS, NOTIFY_SENDER, Action, RecipientVerdict, Verdict
 from smtpguard.decide.decider import Decider, Reading
 from smtpguard.detect import Finding
 from smtpguard.envelope import Envelope
@@ -171,11 +172,14 @@ class Relay:
             if verdict is not None
             else None
         )
-        return await asyncio.shield(
+        receipt = await asyncio.shield(
             self._store(
                 message_id, envelope, content, tls, recipient_states, release_at, instructions
             )
         )
+        if verdict is not None and receipt.message_id is not None:
+            self._track(self._notify_holds(message_id, envelope, verdict, content, release_at))
+        return receipt
 
     async def _store(
         self,
@@ -317,6 +321,7 @@ class Relay:
                     instructions=special,
                 )
             await self._bounce_refused(record, verdict, content)
+            await self._notify_holds(message_id, envelope, verdict, content, release_at)
             if state is MessageState.QUEUED:
                 # A message every recipient may have goes straight to delivery: the
                 # attempt's own commit records the outcome. It stays RECEIVED in the
@@ -331,6 +336,67 @@ class Relay:
 
     def _rescan_later(self, message_id: str) -> None:
         self._track(self._rescan(message_id))
+
+    async def _notify_holds(
+        self,
+        message_id: str,
+        envelope: Envelope,
+        verdict: Verdict,
+        content: bytes,
+        release_at: float | None,
+    ) -> None:
+        """Tell the sender at once, and the reviewers when a rule asks, without content."""
+        held = [
+            HeldCopy(
+                address,
+                v.action.value,
+                v.reason,
+                v.approvals,
+                release_at if v.action is Action.DELAY else None,
+            )
+            for address, v in verdict.recipients.items()
+            if v.action in (Action.DELAY, Action.QUARANTINE)
+        ]
+        if not held:
+            return
+        notify: set[str] = set()
+        for copy in held:
+            notify |= verdict.recipients[copy.address].notify
+        told = []
+        postmaster = self.config.delivery.postmaster
+        hostname = self.config.server.hostname
+        if NOTIFY_SENDER in notify and envelope.sender:
+            notice = build_sender_notice(
+                reporting_mta=hostname,
+                postmaster=postmaster,
+                original_sender=envelope.sender,
+                queue_id=message_id,
+                message_id=_message_id_of(content),
+                held=held,
+            )
+            await self.queue.queue_notice(envelope.sender, notice, smtputf8=envelope.smtputf8)
+            told.append("sender")
+        reviewers = self.config.policy.reviewers
+        if NOTIFY_REVIEWERS in notify and reviewers:
+            notice = build_reviewer_notice(
+                reporting_mta=hostname,
+                postmaster=postmaster,
+                reviewers=reviewers,
+                queue_id=message_id,
+                original_sender=envelope.sender,
+                held=held,
+                rules=_fired_rules(verdict),
+            )
+            await self.queue.queue_notice(reviewers, notice, smtputf8=False)
+            told.append("reviewers")
+        log.info(
+            "message.held",
+            id=message_id,
+            recipients=len(held),
+            domains=sorted({c.address.rpartition("@")[2].lower() for c in held}),
+            rules=_fired_rules(verdict),
+            notified=told,
+        )
 
     async def _bounce_refused(
         self, record: MessageRecord, verdict: Verdict, content: bytes
@@ -370,6 +436,16 @@ class Relay:
     async def finish_scans(self, timeout: float) -> None:
         if self._scans:
             await asyncio.wait(set(self._scans), timeout=timeout)
+
+
+_MESSAGE_ID = re.compile(rb"(?im)^message-id:[ \t]*(<[^<>\s]{1,250}>)")
+
+
+def _message_id_of(content: bytes) -> str | None:
+    """The Message-ID, so the sender's mail program can match the notice to the message."""
+    end = content.find(b"\r\n\r\n")
+    match = _MESSAGE_ID.search(content if end < 0 else content[:end])
+    return match.group(1).decode("ascii", "replace") if match else None
 
 
 def _finding_counts(findings: Iterable[Finding]) -> dict[str, int]:

@@ -1008,3 +1008,56 @@ async def test_require_tls_without_a_verified_hop_holds_the_copy(
         assert len(sink.handler.messages) == 1
     finally:
         await gateway.stop()
+
+
+NOTIFYING_POLICY = """
+rules:
+  - name: hold-webmail
+    description: case material to a personal webmail address
+    when: {recipient: {class: webmail}}
+    action: quarantine
+    approvals: 2
+    severity: high
+    notify: [reviewers]
+"""
+
+
+@pytest.mark.parametrize("mode", ["after-queue", "before-queue"])
+async def test_a_hold_tells_the_sender_and_the_reviewers_without_content(
+    relays: RelayRunner, sink: CaptureSink, mode: str
+) -> None:
+    (relays.tmp_path / "policy.yaml").write_text(NOTIFYING_POLICY, encoding="utf-8")
+    reviewers = "ig-reviewers@northshire.gov.uk"
+    service = await relays.start(
+        {
+            "server": {"mode": mode},
+            "council": {"domains": str(EXAMPLE / "domains.csv")},
+            "policy": {"file": "policy.yaml", "reviewers": reviewers},
+        }
+    )
+    _, reply = await _send(
+        _port(service), ["dan.hart77@gmail.com", "s.mills@millsandco-solicitors.co.uk"]
+    )
+    queue_id = reply.rsplit(" ", 1)[1]
+    captured = await sink.handler.wait_for(3, timeout=10)
+    by_recipient = {tuple(c.recipients): c for c in captured}
+    assert set(by_recipient) == {
+        ("s.mills@millsandco-solicitors.co.uk",),
+        (SENDER,),
+        (reviewers,),
+    }
+    to_sender = by_recipient[(SENDER,)]
+    to_reviewers = by_recipient[(reviewers,)]
+    assert to_sender.sender in ("", "<>") and to_reviewers.sender in ("", "<>")
+    text = to_sender.content.decode()
+    assert "Subject: Your message is held for review" in text
+    assert f"Queue ID: {queue_id}" in text
+    assert "<dan.hart77@gmail.com>: held for review" in text
+    assert "Why: case material to a personal webmail address" in text
+    assert "two different reviewers must release it" in text
+    assert "In-Reply-To: <note-1@northshire.gov.uk>" in text
+    assert f"smtpguard quarantine show {queue_id}" in to_reviewers.content.decode()
+    assert "hold-webmail" in to_reviewers.content.decode()
+    for notice in (to_sender, to_reviewers):
+        for secret in (b"Amelia", b"strategy meeting", b"943 476 5919", b"Please find"):
+            assert secret not in notice.content, secret

@@ -288,6 +288,8 @@ class PolicyConfig(_Section):
     # smtp_tls_security_level=verify): `require_tls` copies go there when the
     # upstream itself does not verify TLS. Without it, such copies are held.
     tls_route: str | None = None
+    # Where rules that `notify: [reviewers]` send their notice (a shared mailbox).
+    reviewers: str | None = None
 
     @model_validator(mode="after")
     def _route_names(self) -> PolicyConfig:
