@@ -825,3 +825,23 @@ def test_when_file_invalid_then_overrides_do_not_hide_it(tmp_path: Path) -> None
     path = write(tmp_path, "server:\n  allowed_clients: []\n")
     [(line, _)] = problems_of(path, Overrides(listen="127.0.0.1:0", mode="before-queue"))
     assert line == 2
+
+
+def test_when_alias_contains_itself_then_refused_not_crashed(tmp_path: Path) -> None:
+    path = tmp_path / "smtpguard.yaml"
+    path.write_text(
+        "server: &loop\n  allowed_clients: [127.0.0.0/8]\n  nested: *loop\n", encoding="utf-8"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(path) in str(caught.value)
+
+
+def test_when_a_key_is_a_list_then_refused_with_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "smtpguard.yaml"
+    path.write_text(
+        "server:\n  allowed_clients: [127.0.0.0/8]\n? [a, b]\n: 1\n", encoding="utf-8"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert f"{path}:3: a key must be a plain name" in str(caught.value)

@@ -102,20 +102,35 @@ def _compose(path: Path) -> yaml.Node | None:
         raise ConfigError([Problem(path, line, f"YAML syntax: {exc.problem}")]) from None
 
 
-def _duplicate_keys(node: yaml.Node | None, path: Path) -> list[Problem]:
-    """YAML lets a later key silently replace an earlier one; in a config that hides mistakes."""
+def _duplicate_keys(
+    node: yaml.Node | None, path: Path, visited: set[int] | None = None
+) -> list[Problem]:
+    """YAML lets a later key silently replace an earlier one; in a config that hides mistakes.
+
+    An alias is the same node object again: each node is walked once, so an alias
+    that contains itself cannot recurse forever.
+    """
+    visited = set() if visited is None else visited
+    if node is None or id(node) in visited:
+        return []
+    visited.add(id(node))
     problems: list[Problem] = []
     if isinstance(node, yaml.MappingNode):
-        seen: set[object] = set()
+        seen: set[str] = set()
         for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                line = key_node.start_mark.line + 1
+                reason = "a key must be a plain name, not a list or map"
+                problems.append(Problem(path, line, reason))
+                continue
             if key_node.value in seen:
                 line = key_node.start_mark.line + 1
                 problems.append(Problem(path, line, f"{key_node.value}: key given twice"))
             seen.add(key_node.value)
-            problems += _duplicate_keys(value_node, path)
+            problems += _duplicate_keys(value_node, path, visited)
     elif isinstance(node, yaml.SequenceNode):
         for item in node.value:
-            problems += _duplicate_keys(item, path)
+            problems += _duplicate_keys(item, path, visited)
     return problems
 
 
