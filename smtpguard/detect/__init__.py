@@ -134,17 +134,16 @@ def _record_matches_across_parts(located: list[Located], texts: list[Text]) -> l
     """A child's name in the body and their date of birth in the attached referral is
     still a name with its date of birth in one message: read such names again with
     every date the message holds."""
-    unmatched = [
-        item
+    people = [
+        (item.detector, item.location)
         for item in located
         if isinstance(item.detector, PersonDetector) and not item.hit.value.endswith(":dob")
     ]
-    if not unmatched or len(texts) < 2:
+    if not people or len(texts) < 2:
         return located
-    person = unmatched[0].detector
-    assert isinstance(person, PersonDetector)
+    person = people[0][0]
     dates = set().union(*(person.dates_in(item.text) for item in texts))
-    locations = {item.location for item in unmatched}
+    locations = {location for _, location in people}
     kept = [
         item
         for item in located
