@@ -152,6 +152,7 @@ def _scan(args: argparse.Namespace) -> int:
                 "delay_seconds": v.delay_seconds,
                 "route": v.route,
                 "require_tls": v.require_tls,
+                "notify": sorted(v.notify),
                 "explanation": list(v.explanation),
             }
             for address, v in verdict.recipients.items()
