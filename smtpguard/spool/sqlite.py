@@ -15,7 +15,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -46,6 +46,8 @@ log = structlog.get_logger("smtpguard.spool")
 
 # How long an accepted message's row may wait to be written with its outcome.
 _INDEX_DELAY = 0.5
+# Remembered (sender, recipient) pairs; past this many the memory starts again.
+_KNOWN_PAIRS_MAX = 200_000
 
 _COUNTED = [s.value for s in MessageState if not s.finished]
 
@@ -125,6 +127,9 @@ class SQLiteStore(Store):
         self._pending_lock = threading.Lock()
         # Accepted messages whose row is not written yet (loop thread only).
         self._unindexed: dict[str, tuple[tuple[Any, ...], list[tuple[Any, ...]]]] = {}
+        # (sender, recipient) pairs known to have had a delivery: they only ever grow, so
+        # a hit needs no trip to the store thread (which is busy with commits).
+        self._known_pairs: set[tuple[str, str]] = set()
 
     # -- plumbing ---------------------------------------------------------
 
@@ -383,12 +388,23 @@ class SQLiteStore(Store):
     async def correspondents(self, sender: str, recipients: Sequence[str]) -> frozenset[str]:
         if not sender or not recipients:
             return frozenset()
+        sender = sender.lower()
         lowered = sorted({r.lower() for r in recipients})
+        known = frozenset(r for r in lowered if (sender, r) in self._known_pairs)
+        if len(known) == len(lowered):
+            return known
         # Not through _run: this read needs no message index, so it forces no index write.
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._executor, partial(self._correspondents, sender.lower(), lowered)
+        found = await loop.run_in_executor(
+            self._executor, partial(self._correspondents, sender, lowered)
         )
+        self._remember_pairs(sender, found)
+        return found
+
+    def _remember_pairs(self, sender: str, recipients: Iterable[str]) -> None:
+        if len(self._known_pairs) > _KNOWN_PAIRS_MAX:
+            self._known_pairs.clear()
+        self._known_pairs.update((sender, r) for r in recipients)
 
     async def load(self, message_id: str) -> MessageRecord | None:
         return await self._run(self._load, message_id)
@@ -575,6 +591,7 @@ class SQLiteStore(Store):
             ).fetchone()
             if row is not None and row["sender"]:
                 sender = row["sender"].lower()
+                self._remember_pairs(sender, delivered)
                 self._db.executemany(
                     "INSERT INTO correspondents (sender, recipient, first_at, last_at)"
                     " VALUES (?, ?, ?, ?) ON CONFLICT (sender, recipient)"
