@@ -321,7 +321,7 @@ class Relay:
                     instructions=special,
                 )
             await self._bounce_refused(record, verdict, content)
-            await self._notify_holds(message_id, envelope, verdict, content, release_at)
+            self._track(self._notify_holds(message_id, envelope, verdict, content, release_at))
             if state is MessageState.QUEUED:
                 # A message every recipient may have goes straight to delivery: the
                 # attempt's own commit records the outcome. It stays RECEIVED in the
@@ -345,7 +345,23 @@ class Relay:
         content: bytes,
         release_at: float | None,
     ) -> None:
-        """Tell the sender at once, and the reviewers when a rule asks, without content."""
+        """Tell the sender at once, and the reviewers when a rule asks, without content.
+
+        A notice that cannot be queued (disk full) is logged; the hold itself stands.
+        """
+        try:
+            await self._send_hold_notices(message_id, envelope, verdict, content, release_at)
+        except Exception as exc:
+            log.error("notice.failed", id=message_id, error=type(exc).__name__)
+
+    async def _send_hold_notices(
+        self,
+        message_id: str,
+        envelope: Envelope,
+        verdict: Verdict,
+        content: bytes,
+        release_at: float | None,
+    ) -> None:
         held = [
             HeldCopy(
                 address,
