@@ -165,6 +165,7 @@ def _scan(args: argparse.Namespace) -> int:
                 "confidence": f.confidence.label,
                 "count": f.count,
                 "excerpt": f.excerpt,
+                **({"theme": f.theme} if f.theme else {}),
             }
             for f in verdict.findings
         ],

@@ -181,11 +181,13 @@ class FindingMatch(Condition):
         min_count: int = 1,
         min_confidence: Confidence = Confidence.LOW,
         where: frozenset[str] | None = None,
+        themes: frozenset[str] | None = None,
     ) -> None:
         self.detectors = detectors
         self.min_count = min_count
         self.min_confidence = min_confidence
         self.where = where
+        self.themes = themes
 
     def test(self, ctx: Context) -> Outcome:
         used = tuple(
@@ -195,11 +197,14 @@ class FindingMatch(Condition):
             and finding.confidence >= self.min_confidence
             and finding.count >= self.min_count
             and (self.where is None or finding.location.partition(":")[0] in self.where)
+            and (self.themes is None or finding.theme in self.themes)
         )
         return (True, used) if used else NO
 
     def describe(self) -> str:
         text = f"a finding of {_either(sorted(self.detectors))}"
+        if self.themes is not None:
+            text += f" ({_either(sorted(self.themes))})"
         if self.min_confidence > Confidence.LOW:
             text += f" at {self.min_confidence.label} confidence or above"
         if self.min_count > 1:

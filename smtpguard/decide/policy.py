@@ -109,6 +109,9 @@ _BY_SEVERITY = {
 }
 
 
+_THEME = re.compile(r"[a-z][a-z0-9_]*")
+
+
 class PolicyError(ValueError):
     """The policy cannot be used; carries every problem found, each `file:line: reason`."""
 
@@ -213,7 +216,8 @@ def _fired(rule: Rule, evidence: Evidence, words: dict[int, str]) -> FiredRule:
 def _phrase(finding: Finding) -> str:
     """A finding in reviewer words: where, how many distinct values, how sure; never the excerpt."""
     return (
-        f"{finding.detector} in {finding.location}, {finding.count} distinct, "
+        f"{finding.detector}{f' ({finding.theme})' if finding.theme else ''}"
+        f" in {finding.location}, {finding.count} distinct, "
         f"{finding.confidence.label}"
     )
 
@@ -516,7 +520,9 @@ class _Reader:
         return self.named[name]
 
     def finding(self, node: yaml.Node, where: _Where) -> Condition | None:
-        fields = self.leaf(node, where, ("detector", "min_count", "min_confidence", "where"))
+        fields = self.leaf(
+            node, where, ("detector", "theme", "min_count", "min_confidence", "where")
+        )
         if fields is None:
             return None
         if "detector" not in fields:
@@ -536,9 +542,32 @@ class _Reader:
             places = self.names(fields["where"][1], where.key("where"), PLACES, "place")
             if places is None:
                 return None
+        themes: frozenset[str] | None = None
+        if "theme" in fields:
+            themes = self.themes(fields["theme"][1], where.key("theme"))
+            if themes is None:
+                return None
+            if detectors is not None and detectors != {"keywords"}:
+                self.problem(node, where, "theme applies to the keywords detector only")
+                return None
         if detectors is None or count is None or confidence is None:
             return None
-        return FindingMatch(detectors, count, confidence, places)
+        return FindingMatch(detectors, count, confidence, places, themes)
+
+    def themes(self, node: yaml.Node, where: _Where) -> frozenset[str] | None:
+        """Keyword themes are the dictionaries' own names: checked for form only."""
+        items = node.value if isinstance(node, yaml.SequenceNode) else [node]
+        names: set[str] = set()
+        for item in items:
+            value = item.value if isinstance(item, yaml.ScalarNode) else None
+            if not isinstance(value, str) or not _THEME.fullmatch(value):
+                self.problem(item, where, "a theme is a lower-case name like health")
+                return None
+            names.add(value)
+        if not names:
+            self.problem(node, where, "name at least one theme")
+            return None
+        return frozenset(names)
 
     def recipient(self, node: yaml.Node, where: _Where) -> Condition | None:
         fields = self.leaf(node, where, ("class", "fact"), exactly_one=True)

@@ -56,6 +56,7 @@ class Finding:
     confidence: Confidence
     count: int  # distinct values
     excerpt: str  # redacted: never the full value
+    theme: str | None = None  # keywords: the dictionary's theme ("health")
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ def detect_message(
         if bulk is not None:
             grouped.append(bulk)
     findings = tuple(
-        Finding(g.detector, g.location, g.confidence, g.count, g.excerpt) for g in grouped
+        Finding(g.detector, g.location, g.confidence, g.count, g.excerpt, g.theme) for g in grouped
     )
     return Detection(findings, _cases(located))
 

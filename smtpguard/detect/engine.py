@@ -109,20 +109,27 @@ class Grouped:
     confidence: Confidence
     count: int
     excerpt: str
+    theme: str | None = None
 
 
 def group(located: Iterable[Located]) -> list[Grouped]:
-    """Per (detector, location): distinct values, the highest confidence, one excerpt."""
-    values: dict[tuple[str, str], dict[str, Confidence]] = defaultdict(dict)
+    """Per (detector, location, theme): distinct values, the highest confidence, one excerpt.
+
+    A detector with themes (keywords) gives one finding per theme, so a rule can
+    ask for health terms without being met by child-protection ones.
+    """
+    values: dict[tuple[str, str, str | None], dict[str, Confidence]] = defaultdict(dict)
     detectors: dict[str, Detector] = {}
     for item in located:
-        key = (item.detector.name, item.location)
+        theme_of = getattr(item.detector, "theme_of", None)
+        theme = theme_of(item.hit.value) if theme_of is not None else None
+        key = (item.detector.name, item.location, theme)
         detectors[item.detector.name] = item.detector
         seen = values[key].get(item.hit.value)
         if seen is None or item.hit.confidence > seen:
             values[key][item.hit.value] = item.hit.confidence
     grouped = []
-    for (name, location), by_value in values.items():
+    for (name, location, theme), by_value in values.items():
         strongest = max(by_value, key=lambda v: by_value[v])
         grouped.append(
             Grouped(
@@ -131,6 +138,7 @@ def group(located: Iterable[Located]) -> list[Grouped]:
                 by_value[strongest],
                 len(by_value),
                 detectors[name].redact(strongest),
+                theme,
             )
         )
     return grouped

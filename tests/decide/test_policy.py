@@ -1168,3 +1168,30 @@ def test_decide_verdict_without_a_policy_still_passes_everyone() -> None:
     assert verdict.action is Action.PASS
     assert set(verdict.recipients) == {"b@example.org", "c@gmail.com"}
     assert all(v == RecipientVerdict() for v in verdict.recipients.values())
+
+
+# -- keyword themes ------------------------------------------------------------------
+
+
+def test_a_theme_selects_the_keyword_findings_of_that_theme(tmp_path: Path) -> None:
+    policy = load(
+        tmp_path,
+        rule("finding: {detector: keywords, theme: [health], min_confidence: medium}"),
+    )
+    health = Finding("keywords", "body", Confidence.HIGH, 1, "keyword (health): overdose", "health")
+    abuse = Finding(
+        "keywords", "body", Confidence.HIGH, 1, "keyword (domestic abuse): MARAC", "domestic_abuse"
+    )
+    assert outcome(policy, message(findings=(abuse,))) is Action.PASS
+    assert outcome(policy, message(findings=(abuse, health))) is Action.QUARANTINE
+    verdict = evaluate(policy, message(findings=(abuse, health)), [OUT])
+    [line] = verdict.recipients[OUT.address].explanation
+    assert "keywords (health) in body, 1 distinct, high" in line
+    assert "MARAC" not in line
+
+
+def test_a_theme_on_another_detector_or_malformed_is_refused(tmp_path: Path) -> None:
+    found = problems(tmp_path, rule("finding: {detector: nhs_number, theme: health}"))
+    assert any("theme applies to the keywords detector only" in reason for _, reason in found)
+    found = problems(tmp_path, rule("finding: {detector: keywords, theme: [Health Stuff]}"))
+    assert any("a theme is a lower-case name like health" in reason for _, reason in found)

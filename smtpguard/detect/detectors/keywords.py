@@ -133,6 +133,11 @@ class KeywordDetector:
     def term(self, value: str) -> KeywordTerm | None:
         return self._terms.get(value)
 
+    @staticmethod
+    def theme_of(value: str) -> str:
+        """The theme of a hit's value ("health:overdose" -> "health"): findings are per theme."""
+        return value.partition(":")[0]
+
     def scan(self, text: str) -> list[Hit]:
         if self._regex is None:
             return []
