@@ -312,17 +312,24 @@ def _lonely(text: str, start: int, end: int, reader: _Reader) -> bool:
     after = _NEXT_WORD.match(text, end)
     if after is not None and reader[after.group(1)] is not None:
         return False
-    word_end = start
+    before = _previous_word(text, start, start)
+    return before is None or reader[text[before[0] : before[1]]] is None
+
+
+def _previous_word(text: str, right: int, anchor: int) -> tuple[int, int] | None:
+    """(start, end) of the word before `right`, or None at the text's start or when the
+    gap from `anchor` grows past what may separate a name's or an address's words."""
+    word_end = right
     while word_end > 0 and not text[word_end - 1].isalnum():
         word_end -= 1
-        if start - word_end > _MAX_GAP:
-            return True
+        if anchor - word_end > _MAX_GAP:
+            return None
     if word_end == 0:
-        return True
+        return None
     word_start = word_end - 1
     while word_start > 0 and text[word_start - 1].isalnum():
         word_start -= 1
-    return reader[text[word_start:word_end]] is None
+    return word_start, word_end
 
 
 def _before(
@@ -336,16 +343,10 @@ def _before(
     tokens: list[_Token] = []
     right = right_start = start  # where to look before; where the last word kept starts
     while len(tokens) < reach:
-        word_end = right
-        while word_end > 0 and not text[word_end - 1].isalnum():
-            word_end -= 1
-            if right_start - word_end > _MAX_GAP:
-                return tokens
-        if word_end == 0:
+        previous = _previous_word(text, right, right_start)
+        if previous is None:
             return tokens
-        word_start = word_end - 1
-        while word_start > 0 and text[word_start - 1].isalnum():
-            word_start -= 1
+        word_start, word_end = previous
         raw = text[word_start:word_end]
         normal = reader[raw]
         if normal is None:
