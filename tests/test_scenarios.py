@@ -278,7 +278,9 @@ class Council:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for captured in self.sink.handler.messages:
-                if captured.sender in ("", "<>") and marker in captured.content:
+                # A hold notice (also from <>, naming the id) may arrive first.
+                is_dsn = b"multipart/report" in captured.content
+                if captured.sender in ("", "<>") and marker in captured.content and is_dsn:
                     assert captured.recipients == [sender]
                     return captured
             await asyncio.sleep(0.05)
@@ -1178,7 +1180,7 @@ class ExampleHops:
 
 
 @pytest.fixture
-async def example_hops(tmp_path: Path, edm_settings: dict[str, Any]) -> AsyncIterator[ExampleHops]:
+async def example_hops(tmp_path: Path) -> AsyncIterator[ExampleHops]:
     example = yaml.safe_load((ROOT / "config" / "smtpguard.yaml").read_text(encoding="utf-8"))
     names = ["upstream", *example["policy"]["routes"]]
     sinks = {name: CaptureSink() for name in names}
@@ -1195,9 +1197,15 @@ async def example_hops(tmp_path: Path, edm_settings: dict[str, Any]) -> AsyncIte
     if example["policy"].get("tls_route"):
         policy["tls_route"] = example["policy"]["tls_route"]
     upstream = {k: v for k, v in example["upstream"].items() if k in ("security", "ca_file")}
+    # The example's own exact data match: its CSV exports, hashed at start.
+    exports = example["detect"]["edm"]["exports"]
     changes = {
         "upstream": hop(upstream, "upstream"),
-        "detect": {"edm": edm_settings},
+        "detect": {
+            "edm": {
+                "exports": {kind: str(ROOT / "config" / path) for kind, path in exports.items()}
+            }
+        },
         "council": {"domains": str(EXAMPLE / "domains.csv"), "staff": str(EXAMPLE / "staff.csv")},
         "policy": policy,
         "delivery": {"poll_interval": f"{int(POLL_INTERVAL * 1000)}ms"},
@@ -1254,3 +1262,37 @@ async def test_example_hops_secure_subject_with_case_material_goes_through_the_g
         "secure-gateway": [COURT],
         "upstream": [SUPERVISOR],
     }
+
+
+async def test_example_hops_a_refuge_address_is_held_for_two_from_the_shipped_exports(
+    example_hops: ExampleHops,
+) -> None:
+    raw = message(
+        SENDER,
+        "CS-204817 address for service",
+        "The mother's address for service is Flat 2, 14 Elmwood Road, Northtown NS4 7QJ.\n",
+        to=[COURT],
+        cc=[SUPERVISOR],
+    )
+    council = example_hops.council
+    message_id = await council.send(raw, [COURT, SUPERVISOR], SENDER)
+    states = await council.settle(message_id)
+    assert states == {COURT: RecipientState.HELD, SUPERVISOR: RecipientState.DELIVERED}
+    assert example_hops.delivered(message_id) == {"upstream": [SUPERVISOR]}
+
+
+async def test_example_hops_a_childs_name_and_birth_date_to_the_restricted_father_is_held(
+    example_hops: ExampleHops,
+) -> None:
+    # No case reference: the case is known from the shipped cases.csv export.
+    raw = message(
+        SENDER,
+        "Contact update",
+        "Amelia Hart (born 14/03/2015) will attend the contact session on Friday.\n",
+        to=[FATHER],
+    )
+    council = example_hops.council
+    message_id = await council.send(raw, [FATHER], SENDER)
+    states = await council.settle(message_id)
+    assert states == {FATHER: RecipientState.HELD}
+    assert example_hops.delivered(message_id) == {}

@@ -66,7 +66,7 @@ def _configured_key(config_path: Path | None) -> Path:
 
     path = config_path or default_config_path()
     edm = load_config(path).detect.edm
-    if edm is None:
+    if edm is None or edm.key_file is None:
         raise EdmError(f"no key file: give --key FILE, or set detect.edm.key_file in {path}")
     return edm.key_file
 

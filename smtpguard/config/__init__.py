@@ -239,8 +239,12 @@ def _with_resolved_paths(config: Config, base: Path) -> Config:
             "edm": detect.edm
             and detect.edm.model_copy(
                 update={
-                    "key_file": _resolve(base, detect.edm.key_file),
+                    "key_file": detect.edm.key_file and _resolve(base, detect.edm.key_file),
                     "registers": tuple(_resolve(base, p) for p in detect.edm.registers),
+                    "exports": {
+                        kind: tuple(_resolve(base, p) for p in paths)
+                        for kind, paths in detect.edm.exports.items()
+                    },
                 }
             ),
         }

@@ -225,11 +225,39 @@ def _regex(value: object) -> object:
 Pattern = Annotated[str, BeforeValidator(_regex)]
 
 
-class EdmConfig(_Section):
-    """Exact data match: registers hashed by `smtpguard edm build`, and their key."""
+EdmKind = Literal["cases", "case_parties", "protected_addresses"]
 
-    key_file: Path
-    registers: tuple[Path, ...] = Field(min_length=1)
+
+def _one_or_more(value: object) -> object:
+    return (value,) if isinstance(value, str) else value
+
+
+Files = Annotated[tuple[Path, ...], BeforeValidator(_one_or_more)]
+
+
+class EdmConfig(_Section):
+    """Exact data match against the council's registers.
+
+    `registers` (hashed by `smtpguard edm build`, read with `key_file`) keep the
+    council's people and addresses off the relay: the production form.
+    `exports` (the CSVs themselves, hashed in memory at start and whenever a
+    file changes) suit a relay that may hold the export anyway, and the example
+    council, whose fictional registers ship with the config.
+    """
+
+    key_file: Path | None = None
+    registers: tuple[Path, ...] = ()
+    exports: dict[EdmKind, Files] = {}
+
+    @model_validator(mode="after")
+    def _something_to_match(self) -> EdmConfig:
+        if not self.registers and not self.exports:
+            raise ValueError("give registers (with key_file) or exports")
+        if self.registers and self.key_file is None:
+            raise ValueError("registers need the key_file they were hashed under")
+        if any(not paths for paths in self.exports.values()):
+            raise ValueError("every export kind needs at least one CSV file")
+        return self
 
 
 class BulkConfig(_Section):

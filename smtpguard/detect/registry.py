@@ -110,7 +110,9 @@ def configured_detectors(settings: DetectConfig) -> DetectorSet:
 def _files_of(settings: DetectConfig) -> list[Path]:
     files = list(settings.keywords or ())
     if settings.edm is not None:
-        files += [settings.edm.key_file, *settings.edm.registers]
+        edm = settings.edm
+        files += [*([edm.key_file] if edm.key_file else []), *edm.registers]
+        files += [path for paths in edm.exports.values() for path in paths]
     return files
 
 
@@ -154,7 +156,9 @@ def _build(settings_json: str, stamps: tuple[tuple[str, int, int], ...]) -> Dete
     if settings.edm is not None:
         from smtpguard.detect.edm import load_edm_detectors
 
-        built += load_edm_detectors(settings.edm.key_file, settings.edm.registers)
+        built += load_edm_detectors(
+            settings.edm.key_file, settings.edm.registers, settings.edm.exports
+        )
     return DetectorSet(
         tuple(d for d in built if d.name not in disabled),
         None if BULK in disabled else settings.bulk.min_distinct,

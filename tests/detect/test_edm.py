@@ -27,6 +27,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from smtpguard.cli import main
+from smtpguard.config import ConfigError, load_config
+from smtpguard.config.model import DetectConfig, EdmConfig
 from smtpguard.detect import detect_findings, detect_message
 from smtpguard.detect.base import Confidence, Hit
 from smtpguard.detect.edm import (
@@ -55,6 +57,7 @@ from smtpguard.detect.edm.normalise import (
     postcode_key,
 )
 from smtpguard.detect.engine import Text, group, scan_texts
+from smtpguard.detect.registry import configured_detectors
 from smtpguard.parse import Document, Part
 from tests.conftest import write_config
 from tests.detect.edm_helpers import (
@@ -973,3 +976,96 @@ def test_when_a_case_subject_is_named_then_the_message_refers_to_their_case(
     # A solicitor acting in two cases names neither of them.
     party = detect_message(_message(("body", "Call Sarah Mills about it.")), [person])
     assert party.cases == ()
+
+
+# ---- exports hashed at start (the example council's shipped config) ----------------
+
+
+def test_when_exports_configured_then_they_match_like_registers_and_log_no_value(
+    tmp_path: Path,
+) -> None:
+    exports = copy_exports(tmp_path)
+    with structlog.testing.capture_logs() as logs:
+        person, address = load_edm_detectors(
+            None, [], {kind: [path] for kind, path in exports.items()}
+        )
+    assert isinstance(person, PersonDetector) and isinstance(address, ProtectedAddressDetector)
+    (hit,) = person.scan("Amelia Hart, born 14/03/2015")
+    assert hit.confidence is Confidence.HIGH and person.case_of(hit.value) == "CS-204817"
+    assert {h.confidence for h in address.scan(REFUGE_WRITTEN[0])} == {Confidence.HIGH}
+    hashed = [entry for entry in logs if entry["event"] == "edm_export_hashed"]
+    assert sorted(Path(entry["file"]).name for entry in hashed) == sorted(
+        f"{kind}.csv" for kind in KINDS
+    )
+    assert all(entry["skipped"] == 0 for entry in hashed)
+    assert leaked(repr(logs)) == []
+
+
+def test_when_same_exports_read_in_two_processes_then_they_hash_alike(tmp_path: Path) -> None:
+    # The decider (relay process) and the scanning workers must agree on every hash.
+    exports = copy_exports(tmp_path)
+    script = (
+        "import sys; from pathlib import Path;"
+        "from smtpguard.detect.edm import load_edm_detectors;"
+        "(p,) = load_edm_detectors(None, [], {'case_parties': [Path(sys.argv[1])]});"
+        "print(sorted(h.value for h in p.scan('Daniel Hart and Karen Hart')))"
+    )
+    runs = {
+        subprocess.run(
+            [sys.executable, "-c", script, str(exports["case_parties"])],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.splitlines()[-1]  # after structlog's own lines
+        for _ in range(2)
+    }
+    assert len(runs) == 1 and runs != {"[]"}
+
+
+def test_when_an_export_has_a_bad_row_then_config_is_refused_naming_file_and_line(
+    tmp_path: Path,
+) -> None:
+    exports = copy_exports(tmp_path)
+    cases = exports["cases"]
+    cases.write_text(cases.read_text() + "CS-100002,children,Ella Stone,31/31/2019,no\n")
+    config = write_config(tmp_path, {"detect": {"edm": {"exports": {"cases": str(cases)}}}})
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(config)
+
+    text = str(caught.value)
+    assert f"{cases}:" in text and "subject_dob" in text
+    assert "Ella" not in text and "31/31/2019" not in text
+
+
+@pytest.mark.parametrize(
+    ("edm", "reason"),
+    [
+        ({}, "give registers (with key_file) or exports"),
+        ({"registers": ["cases.edm"]}, "registers need the key_file"),
+        ({"exports": {"cases": []}}, "needs at least one CSV file"),
+        ({"exports": {"people": ["cases.csv"]}}, "people"),
+    ],
+)
+def test_when_edm_section_incomplete_then_config_says_what_is_missing(
+    tmp_path: Path, edm: dict[str, Any], reason: str
+) -> None:
+    config = write_config(tmp_path, {"detect": {"edm": edm}})
+    with pytest.raises(ConfigError) as caught:
+        load_config(config)
+    assert reason in str(caught.value)
+
+
+def test_when_an_export_changes_then_the_detectors_are_built_again(tmp_path: Path) -> None:
+    exports = copy_exports(tmp_path)
+    settings = DetectConfig(edm=EdmConfig(exports={"cases": (exports["cases"],)}))
+    before = configured_detectors(settings)
+    assert before is configured_detectors(settings)
+    cases = exports["cases"]
+    cases.write_text(cases.read_text() + "CS-100001,children,Ella Stone,2019-02-03,no\n")
+
+    after = configured_detectors(settings)
+
+    assert after is not before
+    (person,) = [d for d in after.detectors if isinstance(d, PersonDetector)]
+    assert [h.confidence for h in person.scan("Ella Stone, 03/02/2019")] == [Confidence.HIGH]

@@ -10,7 +10,8 @@ exception message or an excerpt.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import structlog
@@ -48,16 +49,44 @@ __all__ = [
 log = structlog.get_logger("smtpguard.detect.edm")
 
 
-def load_edm_detectors(key_file: Path, registers: Sequence[Path]) -> tuple[Detector, ...]:
+def load_edm_detectors(
+    key_file: Path | None,
+    registers: Sequence[Path],
+    exports: Mapping[Kind, Sequence[Path]] | None = None,
+) -> tuple[Detector, ...]:
     """The detectors these registers support: `edm_person` (cases, case_parties registers)
     and/or `edm_protected_address` (protected_addresses registers).
 
+    `exports` are hashed here, in memory, under `key_file` or, without one, a key
+    derived from the exports themselves: every process that reads the same files
+    then hashes alike, and nothing hashed under it is ever written down.
+
     Raises EdmError naming the file for a key that is unsafe or unreadable, a
-    register hashed under another key, or one that is corrupt or of an unknown
-    version: the relay must not start believing it protects what it cannot.
+    register hashed under another key, an export with bad rows, or a register
+    that is corrupt or of an unknown version: the relay must not start
+    believing it protects what it cannot.
     """
-    key = read_key(key_file)
+    exported = [(kind, path) for kind, paths in (exports or {}).items() for path in paths]
+    if key_file is not None:
+        key = read_key(key_file)
+    elif not registers and exported:
+        key = _key_of_exports([path for _, path in exported])
+    else:
+        raise EdmError("registers need the key file they were hashed under")
     loaded = [read_register(path, key) for path in registers]
+    for kind, path in exported:
+        result = build_register(path, kind, key)
+        if result.skipped:
+            for notice in result.notices:
+                log.warning("edm_export_row", notice=notice)
+        log.info(
+            "edm_export_hashed",
+            file=str(path),
+            rows=result.rows,
+            notices=len(result.notices),
+            skipped=result.skipped,
+        )
+        loaded.append(result.register)
     people = [register for register in loaded if register.kind in PERSON_KINDS]
     places = [register for register in loaded if register.kind not in PERSON_KINDS]
     keyed = Keyed(key)
@@ -78,3 +107,13 @@ def load_edm_detectors(key_file: Path, registers: Sequence[Path]) -> tuple[Detec
         counts["places"] = address.places
     log.info("edm_registers_loaded", registers=len(loaded), **counts)
     return tuple(detectors)
+
+
+def _key_of_exports(paths: Sequence[Path]) -> bytes:
+    digest = hashlib.sha256(b"smtpguard edm exports v1\0")
+    for path in paths:
+        try:
+            digest.update(path.read_bytes())
+        except OSError as exc:
+            raise EdmError(f"{path}: cannot read: {exc.strerror}") from exc
+    return digest.digest()

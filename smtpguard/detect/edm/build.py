@@ -92,6 +92,7 @@ class BuildResult:
     register: Register
     rows: int  # rows read
     notices: list[str] = field(default_factory=list)  # rows kept with less hashed, and why
+    skipped: int = 0  # rows with nothing to hash (named in notices)
 
 
 @dataclass
@@ -125,7 +126,7 @@ def build_register(csv_path: Path, kind: Kind, key: bytes) -> BuildResult:
     places: list[Place] = []
     notices: list[str] = []
     problems: list[str] = []
-    rows = 0
+    rows = skipped = 0
     for line, row in _rows(csv_path, COLUMNS[kind]):
         rows += 1
         try:
@@ -137,6 +138,8 @@ def build_register(csv_path: Path, kind: Kind, key: bytes) -> BuildResult:
                     notices.append(f"{csv_path}:{line}: {notice}")
                 if party is not None:
                     people.append(party)
+                else:
+                    skipped += 1
             else:
                 places.append(_place(row, collector, line))
         except _RowError as exc:
@@ -158,7 +161,7 @@ def build_register(csv_path: Path, kind: Kind, key: bytes) -> BuildResult:
         people=tuple(sorted(people, key=lambda p: (p.id, p.case))),
         places=tuple(sorted(places, key=lambda p: p.id)),
     )
-    return BuildResult(register, rows, notices)
+    return BuildResult(register, rows, notices, skipped)
 
 
 def _rows(path: Path, columns: Sequence[str]) -> Iterator[tuple[int, dict[str, str]]]:
