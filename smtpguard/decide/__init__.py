@@ -86,6 +86,7 @@ class RecipientVerdict:
     action: Action = Action.PASS  # pass, delay, quarantine or reject
     rules: tuple[str, ...] = ()  # every rule that fired, in policy order
     approvals: int = 0  # quarantine: distinct reviewers a release needs
+    approver: bool = False  # quarantine: one of them must have the approver role
     reason: str = ""  # plain words for the sender and the reviewer, from the winning rules
     delay_seconds: float = 0.0  # delay: how long before delivery
     route: str | None = None  # a named next hop instead of the upstream

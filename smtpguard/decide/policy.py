@@ -83,6 +83,7 @@ _RULE_KEYS = (
     "action",
     "severity",
     "approvals",
+    "approver",
     "delay",
     "route",
     "subject_prefix",
@@ -128,6 +129,7 @@ class Rule:
     action: Action
     severity: Severity
     approvals: int = 0  # quarantine only
+    approver: bool = False  # quarantine only: one of the approvals must be an approver's
     delay_seconds: float = 0.0  # delay only
     route: str | None = None  # route only
     subject_prefix: str | None = None  # tag only
@@ -179,6 +181,7 @@ def _recipient_verdict(
         action=action,
         rules=tuple(rule.name for rule in rules),
         approvals=max(r.approvals for r in winners) if action is Action.QUARANTINE else 0,
+        approver=action is Action.QUARANTINE and any(r.approver for r in winners),
         reason=" ".join(dict.fromkeys(rule.description for rule in winners)),
         delay_seconds=max(r.delay_seconds for r in winners) if action is Action.DELAY else 0.0,
         route=next((rule.route for rule in rules if rule.action is Action.ROUTE), None),
@@ -353,7 +356,7 @@ class _Reader:
             and settings is not None
         ):
             return None
-        approvals, delay, route, prefix, notify = settings
+        approvals, approver, delay, route, prefix, notify = settings
         return Rule(
             name=name,
             description=description,
@@ -361,6 +364,7 @@ class _Reader:
             action=action,
             severity=severity,
             approvals=approvals,
+            approver=approver,
             delay_seconds=delay,
             route=route,
             subject_prefix=prefix,
@@ -391,11 +395,12 @@ class _Reader:
 
     def action_settings(
         self, fields: _Fields, where: _Where, action: Action | None
-    ) -> tuple[int, float, str | None, str | None, frozenset[str]] | None:
+    ) -> tuple[int, bool, float, str | None, str | None, frozenset[str]] | None:
         """The settings that belong to one action: each refused on any other."""
         ok = True
         owners = {
             "approvals": Action.QUARANTINE,
+            "approver": Action.QUARANTINE,
             "delay": Action.DELAY,
             "route": Action.ROUTE,
             "subject_prefix": Action.TAG,
@@ -413,6 +418,11 @@ class _Reader:
             count = self.integer(fields["approvals"][1], where.key("approvals"), 1, MAX_APPROVALS)
             ok = ok and count is not None
             approvals = count if count is not None and action is Action.QUARANTINE else approvals
+        approver = False
+        if "approver" in fields:
+            flag = self.boolean(fields["approver"][1], where.key("approver"))
+            ok = ok and flag is not None
+            approver = bool(flag)
         delay = 0.0
         if "delay" in fields:
             seconds = self.duration(fields["delay"][1], where.key("delay"))
@@ -439,7 +449,7 @@ class _Reader:
             notify = names or frozenset()
         if not ok:
             return None
-        return approvals, delay, route, prefix, notify
+        return approvals, approver, delay, route, prefix, notify
 
     # -- conditions
 

@@ -668,3 +668,10 @@ def test_the_policy_loads_with_the_example_groups_and_names_every_rule_uniquely(
     names = [r.name for r in policy().rules]
     assert len(names) == len(set(names)) >= 16
     assert all(r.description for r in policy().rules)
+
+
+def test_the_default_policy_wants_an_approver_for_restricted_parties_and_refuges() -> None:
+    rules = {r.name: r for r in policy().rules}
+    assert rules["case-material-to-restricted-party"].approver
+    assert rules["protected-address-outside-council"].approver
+    assert not any(r.approver for r in policy().rules if r.approvals < 2)

@@ -1195,3 +1195,28 @@ def test_a_theme_on_another_detector_or_malformed_is_refused(tmp_path: Path) -> 
     assert any("theme applies to the keywords detector only" in reason for _, reason in found)
     found = problems(tmp_path, rule("finding: {detector: keywords, theme: [Health Stuff]}"))
     assert any("a theme is a lower-case name like health" in reason for _, reason in found)
+
+
+def test_when_approver_on_a_delay_rule_then_refused(tmp_path: Path) -> None:
+    text = rule(
+        "{finding: {detector: nhs_number}}", action="delay", extra="delay: 5m\napprover: true   # <-"
+    )
+    assert one_problem(tmp_path, text) == (
+        "rule r: approver: only a quarantine rule takes approver (this rule's action is delay)"
+    )
+
+
+def test_when_a_fired_quarantine_rule_wants_an_approver_then_the_verdict_says_so(
+    tmp_path: Path,
+) -> None:
+    policy = load(
+        tmp_path,
+        rule("{finding: {detector: nhs_number}}", extra="approvals: 2\napprover: true"),
+    )
+    verdict = evaluate(policy, message(findings=(finding("nhs_number"),)), [recipient("a@x.org")])
+    held = verdict.recipients["a@x.org"]
+    assert (held.action, held.approvals, held.approver) == (Action.QUARANTINE, 2, True)
+    plain = load(tmp_path, rule("{finding: {detector: nhs_number}}"))
+    one = evaluate(plain, message(findings=(finding("nhs_number"),)), [recipient("a@x.org")])
+    assert one.recipients["a@x.org"].approver is False
+
