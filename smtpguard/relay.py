@@ -36,6 +36,8 @@ from smtpguard.inspect import read_message, unreadable_reading
 from smtpguard.listen import Listener, Receipt, listener_settings, replies
 from smtpguard.log import configure_logging
 from smtpguard.parse import ParsePool
+from smtpguard.review.clock import AUDIT_ACTOR, ReviewClock
+from smtpguard.review.record import ReviewRecord
 from smtpguard.spool import (
     Instructions,
     MessageRecord,
@@ -47,6 +49,7 @@ from smtpguard.spool import (
     new_message_id,
     open_store,
 )
+from smtpguard.spool.cipher import spool_cipher
 
 log = structlog.get_logger("smtpguard.relay")
 
@@ -145,9 +148,9 @@ class Relay:
     async def receive(self, envelope: Envelope, content: bytes, tls: bool) -> Receipt:
         message_id = new_message_id()
         content = received_header(envelope, self.config.server.hostname, message_id) + content
-        verdict = None
+        verdict = reading = None
         if self.config.server.mode == "before-queue":
-            verdict = await self._inspect(content, envelope, message_id)
+            verdict, reading = await self._inspect(content, envelope, message_id)
         if verdict is not None and verdict.action is Action.REJECT:
             log.warning(
                 "message.rejected",
@@ -177,7 +180,8 @@ class Relay:
                 message_id, envelope, content, tls, recipient_states, release_at, instructions
             )
         )
-        if verdict is not None and receipt.message_id is not None:
+        if verdict is not None and reading is not None and receipt.message_id is not None:
+            self._track(self._record_verdict(message_id, envelope, verdict, reading, content))
             self._track(self._notify_holds(message_id, envelope, verdict, content, release_at))
         return receipt
 
@@ -233,7 +237,9 @@ class Relay:
         envelope = Envelope("warm@up.invalid", ("warm@up.invalid",), "127.0.0.1", "", 0.0)
         self.decider.facts(envelope, reading, frozenset())
 
-    async def _inspect(self, content: bytes, envelope: Envelope, message_id: str) -> Verdict:
+    async def _inspect(
+        self, content: bytes, envelope: Envelope, message_id: str
+    ) -> tuple[Verdict, Reading]:
         """Parse and detect in a worker process; decide here (it needs the envelope)."""
         started = time.monotonic()
         reading = await self.parser.parse(content)
@@ -245,7 +251,49 @@ class Relay:
             findings=_finding_counts(reading.findings),
         )
         correspondents = await self.store.correspondents(envelope.sender, envelope.recipients)
-        return self.decider.decide(envelope, reading, correspondents)
+        return self.decider.decide(envelope, reading, correspondents), reading
+
+    async def _record_verdict(
+        self,
+        message_id: str,
+        envelope: Envelope,
+        verdict: Verdict,
+        reading: Reading,
+        content: bytes,
+    ) -> None:
+        """The audit entry every verdict gets; for held copies, what the reviewer is shown.
+
+        Errors are logged: the message's own state is already safe in the store.
+        """
+        try:
+            now = time.time()
+            waiting = [
+                a
+                for a, v in verdict.recipients.items()
+                if v.action in (Action.DELAY, Action.QUARANTINE)
+            ]
+            if waiting:
+                quarantined = any(
+                    verdict.recipients[a].action is Action.QUARANTINE for a in waiting
+                )
+                review_until = now + self.config.review.retention if quarantined else None
+                record = ReviewRecord.of(
+                    verdict, reading.attachments, now, review_until, _message_id_of(content)
+                )
+                await self.store.record_review(message_id, record.to_json(), review_until)
+            await self.store.append_audit(
+                AUDIT_ACTOR,
+                "verdict",
+                message_id,
+                {
+                    "sender_domain": envelope.sender.rpartition("@")[2].lower(),
+                    "recipients": {a: v.action.value for a, v in verdict.recipients.items()},
+                    "rules": {a: list(v.rules) for a, v in verdict.recipients.items() if v.rules},
+                    "findings": _finding_counts(verdict.findings),
+                },
+            )
+        except Exception as exc:
+            log.error("verdict.record_failed", id=message_id, error=type(exc).__name__)
 
     def _scan_later(self, message_id: str, envelope: Envelope, content: bytes) -> None:
         self._track(self._scan(message_id, envelope, content))
@@ -268,7 +316,7 @@ class Relay:
 
     async def _scan(self, message_id: str, envelope: Envelope, content: bytes) -> None:
         try:
-            verdict = await self._inspect(content, envelope, message_id)
+            verdict, reading = await self._inspect(content, envelope, message_id)
             states = {
                 r: _recipient_state(verdict.recipients[r].action) for r in envelope.recipients
             }
@@ -321,6 +369,7 @@ class Relay:
                     instructions=special,
                 )
             await self._bounce_refused(record, verdict, content)
+            await self._record_verdict(message_id, envelope, verdict, reading, content)
             self._track(self._notify_holds(message_id, envelope, verdict, content, release_at))
             if state is MessageState.QUEUED:
                 # A message every recipient may have goes straight to delivery: the
@@ -393,7 +442,8 @@ class Relay:
             await self.queue.queue_notice(envelope.sender, notice, smtputf8=envelope.smtputf8)
             told.append("sender")
         reviewers = self.config.policy.reviewers
-        if NOTIFY_REVIEWERS in notify and reviewers:
+        each = self.config.review.reviewer_notices == "each"  # else the clock's digest tells them
+        if NOTIFY_REVIEWERS in notify and reviewers and each:
             notice = build_reviewer_notice(
                 reporting_mta=hostname,
                 postmaster=postmaster,
@@ -494,7 +544,10 @@ class RelayService:
         self.config_path = config_path
         self.overrides = overrides
         self.config = config
-        self.store = open_store(config.store.backend, config.store.data_dir)
+        # The spool key is read once, here: a new key takes effect at restart, not on SIGHUP.
+        self.store = open_store(
+            config.store.backend, config.store.data_dir, cipher=spool_cipher(config.store)
+        )
         self.upstream = Upstream(config.upstream, config.server.hostname)
         self.queue = DeliveryQueue(
             self.store,
@@ -514,6 +567,7 @@ class RelayService:
             unreadable=unreadable_reading,
         )
         self.relay = Relay(config, self.store, self.queue, self.parser, Decider.from_config(config))
+        self.review_clock = ReviewClock(self.store, config)
         self.listener = Listener(self.relay, listener_settings(config.server))
         self.address: tuple[str, int] | None = None
         self._stop = asyncio.Event()
@@ -541,6 +595,9 @@ class RelayService:
         resumed = await self.relay.resume()
         self.queue.start()
         self._background.append(asyncio.create_task(self.relay.watch_pressure()))
+        self._background.append(asyncio.create_task(self._run_review_clock()))
+        head = await self.store.audit_head()
+        log.info("audit.head", entries=head[0], hash=head[1])
         listen = self.config.server.listen
         self.address = await self.listener.start(listen.host, listen.port)
         log.info(
@@ -558,6 +615,14 @@ class RelayService:
     def request_stop(self) -> None:
         self._stop.set()
 
+    async def _run_review_clock(self) -> None:
+        while True:
+            try:
+                await self.review_clock.tick(time.time())
+            except Exception as exc:
+                log.error("review.clock_failed", error=type(exc).__name__)
+            await asyncio.sleep(self.config.review.check_interval)
+
     def reload(self) -> bool:
         """Re-read the config; keep the running one if the new one is invalid."""
         try:
@@ -574,11 +639,13 @@ class RelayService:
             for name, old, now in (
                 ("server.listen", self.config.server.listen, new.server.listen),
                 ("store", self.config.store.data_dir, new.store.data_dir),
+                ("store.encryption", self.config.store.encryption, new.store.encryption),
             )
             if old != now
         ]
         self.config = new
         self.relay.config = new
+        self.review_clock.config = new
         self.relay.decider = Decider.from_config(new)
         self.parser.limits = new.parse.limits()
         self.parser.reader = functools.partial(read_message, settings=new.detect)
@@ -623,8 +690,9 @@ class RelayService:
         for route in self.queue.routes.values():
             await route.close()
         await asyncio.to_thread(self.parser.close)
+        head = await self.store.audit_head()
         await self.store.close()
-        log.info("relay.stopped", drained=drained)
+        log.info("relay.stopped", drained=drained, audit_entries=head[0], audit_hash=head[1])
 
 
 def run_relay(

@@ -145,3 +145,122 @@ def build_reviewer_notice(
         body=body,
         refers_to=None,
     )
+
+
+# What the sender is told when a review ends: (subject, first line, what it means).
+_OUTCOMES = {
+    "released": (
+        "Your held message was released",
+        "was released by the reviewers and has gone on to delivery to",
+        "You do not need to do anything.",
+    ),
+    "rejected": (
+        "Your held message was refused",
+        "was refused by the reviewers and will NOT be delivered to",
+        "If it still needs to go, send it again to the right recipients, or ask the "
+        "reviewers, quoting the Queue ID.",
+    ),
+    "recalled": (
+        "Your delayed message was recalled",
+        "was recalled before its delivery time and will NOT be delivered to",
+        "If it still needs to go, send it again to the right recipients.",
+    ),
+    "expired": (
+        "Your held message expired unreviewed",
+        "was not reviewed in time and will NOT be delivered to",
+        "If it still needs to go, send it again, or ask the reviewers first, quoting the Queue ID.",
+    ),
+}
+
+
+def build_outcome_notice(
+    *,
+    reporting_mta: str,
+    postmaster: str,
+    original_sender: str,
+    queue_id: str,
+    message_id: str | None,
+    outcome: str,
+    recipients: Sequence[str],
+    reason: str = "",
+) -> bytes:
+    """The notice to the sender that a review ended: released, rejected, recalled or expired."""
+    subject, happened, next_step = _OUTCOMES[outcome]
+    body = [
+        f"This is smtpguard at {reporting_mta}, which checks the council's outgoing mail.",
+        "",
+        f"Your message {happened}:",
+        *(f"  <{address}>" for address in recipients),
+        "",
+        f"Queue ID: {queue_id}",
+        *([f"Message-ID: {message_id}"] if message_id else []),
+        *([f"Reviewer's note: {_header_value(reason)}"] if reason else []),
+        "",
+        next_step,
+        "",
+        "This notice does not include your message.",
+    ]
+    return _message(
+        sender=postmaster,
+        recipient=original_sender,
+        subject=subject,
+        reporting_mta=reporting_mta,
+        body=body,
+        refers_to=message_id,
+    )
+
+
+@dataclass(frozen=True)
+class WaitingHold:
+    """One hold in a reviewers' digest or reminder."""
+
+    queue_id: str
+    sender: str
+    recipients: tuple[str, ...]
+    rules: tuple[str, ...]
+    review_until: float | None
+
+
+def build_reviewer_digest(
+    *,
+    reporting_mta: str,
+    postmaster: str,
+    reviewers: str,
+    holds: Sequence[WaitingHold],
+    reminder: bool,
+) -> bytes:
+    """Several holds in one notice: a digest of new holds, or a reminder of expiring ones."""
+    if reminder:
+        subject = f"Reminder: {len(holds)} held message(s) expire soon"
+        opening = "These held messages expire soon; unreviewed, they are refused:"
+    else:
+        subject = f"Held for review: {len(holds)} new message(s)"
+        opening = "These messages were held for review since the last digest:"
+    body = [f"{opening}", ""]
+    for hold in holds:
+        until = (
+            time.strftime("%H:%M on %d %b %Y", time.localtime(hold.review_until))
+            if hold.review_until
+            else "-"
+        )
+        body += [
+            f"Queue ID: {hold.queue_id}",
+            f"  Sender: {hold.sender or '<>'}",
+            f"  Held copies: {', '.join(hold.recipients)}",
+            f"  Rules: {', '.join(hold.rules) or '-'}",
+            f"  Expires: {until}",
+            "",
+        ]
+    body += [
+        f"Review them on {reporting_mta}: smtpguard quarantine list",
+        "",
+        "This notice does not include the messages.",
+    ]
+    return _message(
+        sender=postmaster,
+        recipient=reviewers,
+        subject=subject,
+        reporting_mta=reporting_mta,
+        body=body,
+        refers_to=None,
+    )

@@ -35,6 +35,7 @@ from smtpguard.spool import (
     RecipientOutcome,
     RecipientState,
     Store,
+    message_state_of,
     new_message_id,
 )
 
@@ -103,6 +104,42 @@ def reply_code(reply: str) -> str:
     if len(words) > 1 and words[1][:1] in "245" and words[1].count(".") == 2:
         return f"{words[0]} {words[1]}"
     return words[0]
+
+
+async def store_notice(
+    store: Store,
+    recipient: str,
+    notice: bytes,
+    *,
+    reporting_mta: str,
+    lifetime: float,
+    smtputf8: bool = False,
+) -> str:
+    """Store a message smtpguard wrote itself, from the null sender, ready for delivery.
+
+    Any process may call it (the review commands do): the relay's queue finds
+    the notice at its next poll.
+    """
+    now = time.time()
+    notice_id = new_message_id()
+    envelope = Envelope(
+        sender="",
+        recipients=(recipient,),
+        client_address="127.0.0.1",
+        client_name=reporting_mta,
+        received_at=now,
+        smtputf8=smtputf8,
+    )
+    await store.accept(
+        notice_id,
+        envelope,
+        notice,
+        state=MessageState.QUEUED,
+        origin=Origin.NOTICE,
+        expires_at=now + lifetime,
+    )
+    log.info("notice.queued", id=notice_id, size=len(notice), domains=envelope.recipient_domains)
+    return notice_id
 
 
 class DeliveryQueue:
@@ -270,21 +307,12 @@ class DeliveryQueue:
     ) -> None:
         after = {r.address: r.state for r in record.recipients}
         after.update((o.address, o.state) for o in outcomes)
-        states = set(after.values())
+        state = message_state_of(after.values())
         next_attempt: float | None = None
-        if RecipientState.DEFERRED in states:
-            state = MessageState.DEFERRED
+        if state is MessageState.DEFERRED:
             next_attempt = min(
                 now + retry_delay(self.config, record.attempts + 1), record.expires_at
             )
-        elif RecipientState.HELD in states or RecipientState.DELAYED in states:
-            state = MessageState.HELD
-        elif RecipientState.BOUNCED in states or RecipientState.EXPIRED in states:
-            state = MessageState.BOUNCED
-        elif RecipientState.DELIVERED in states:
-            state = MessageState.DELIVERED
-        else:
-            state = MessageState.REJECTED
         await self.store.record_attempt(record.id, outcomes, state, next_attempt)
         self._log_outcomes(record, outcomes, state, next_attempt, now, elapsed)
         bounced = [o for o in outcomes if o.state is RecipientState.BOUNCED]
@@ -337,26 +365,13 @@ class DeliveryQueue:
 
     async def queue_notice(self, recipient: str, notice: bytes, *, smtputf8: bool) -> str:
         """Store and queue a message smtpguard wrote itself, from the null sender."""
-        now = time.time()
-        notice_id = new_message_id()
-        envelope = Envelope(
-            sender="",
-            recipients=(recipient,),
-            client_address="127.0.0.1",
-            client_name=self.reporting_mta,
-            received_at=now,
-            smtputf8=smtputf8,
-        )
-        await self.store.accept(
-            notice_id,
-            envelope,
+        notice_id = await store_notice(
+            self.store,
+            recipient,
             notice,
-            state=MessageState.QUEUED,
-            origin=Origin.NOTICE,
-            expires_at=now + self.config.lifetime,
-        )
-        log.info(
-            "notice.queued", id=notice_id, size=len(notice), domains=envelope.recipient_domains
+            reporting_mta=self.reporting_mta,
+            lifetime=self.config.lifetime,
+            smtputf8=smtputf8,
         )
         self.submit(Job(notice_id, content=notice))
         return notice_id

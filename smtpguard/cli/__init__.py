@@ -1,4 +1,4 @@
-"""`smtpguard` command line: serve, scan, check-config, queue."""
+"""`smtpguard` command line: serve, scan, check-config, queue, quarantine, audit, edm, spool."""
 
 from __future__ import annotations
 
@@ -76,6 +76,23 @@ def build_parser() -> argparse.ArgumentParser:
     from smtpguard.cli.edm import add_arguments as add_edm_arguments
 
     add_edm_arguments(commands.add_parser("edm", help="exact data match registers"), _add_config)
+
+    from smtpguard.cli.quarantine import add_arguments as add_review_arguments
+
+    add_review_arguments(
+        commands.add_parser("quarantine", help="held and delayed mail: review, release, refuse"),
+        commands.add_parser("audit", help="the audit log of verdicts and reviewer actions"),
+        _add_config,
+        _add_data_dir,
+    )
+
+    from smtpguard.cli.spool import add_arguments as add_spool_arguments
+
+    add_spool_arguments(
+        commands.add_parser("spool", help="spool encryption keys and rotation"),
+        _add_config,
+        _add_data_dir,
+    )
     return parser
 
 
@@ -199,6 +216,24 @@ def _edm(args: argparse.Namespace) -> int:
     return run_edm(args)
 
 
+def _quarantine(args: argparse.Namespace) -> int:
+    from smtpguard.cli.quarantine import run_quarantine
+
+    return run_quarantine(args, _load(args, Overrides(data_dir=args.data_dir)))
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from smtpguard.cli.quarantine import run_audit
+
+    return run_audit(args, _load(args, Overrides(data_dir=args.data_dir)))
+
+
+def _spool(args: argparse.Namespace) -> int:
+    from smtpguard.cli.spool import run_spool
+
+    return run_spool(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command != "serve":
@@ -214,6 +249,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "scan": _scan,
         "queue": _queue,
         "edm": _edm,
+        "quarantine": _quarantine,
+        "audit": _audit,
+        "spool": _spool,
     }
     try:
         return handlers[args.command](args)

@@ -179,6 +179,7 @@ _FILE_SETTINGS = (
     ("server", "tls", "certificate"),
     ("server", "tls", "key"),
     ("detect", "edm", "key_file"),
+    ("store", "encryption", "key_file"),
     ("council", "domains"),
     ("council", "staff"),
     ("policy", "file"),
@@ -231,7 +232,17 @@ def _with_resolved_paths(config: Config, base: Path) -> Config:
             }
         )
     server = config.server.model_copy(update={"tls": tls})
-    store = config.store.model_copy(update={"data_dir": _resolve(base, config.store.data_dir)})
+    encryption = config.store.encryption
+    if encryption is not None:
+        encryption = encryption.model_copy(
+            update={
+                "key_file": _resolve(base, encryption.key_file),
+                "old_key_files": tuple(_resolve(base, p) for p in encryption.old_key_files),
+            }
+        )
+    store = config.store.model_copy(
+        update={"data_dir": _resolve(base, config.store.data_dir), "encryption": encryption}
+    )
     detect = config.detect
     detect = detect.model_copy(
         update={
@@ -332,8 +343,29 @@ def load_config(path: Path, overrides: Overrides | None = None) -> Config:
     if file_problems:
         raise ConfigError(file_problems)
     config = _with_resolved_paths(config, path.parent.absolute())
+    _check_spool_keys(config, node, path)
     _check_detectors(config, node, path)
     return _apply(config, overrides or Overrides(), path)
+
+
+def _check_spool_keys(config: Config, node: yaml.Node | None, source: Path) -> None:
+    """Spool keys are checked now: a key others can read is refused before any mail is written."""
+    from smtpguard.spool.cipher import SpoolKeyError, read_spool_key
+
+    encryption = config.store.encryption
+    if encryption is None:
+        return
+    settings: list[tuple[tuple[str | int, ...], Path]] = [(("key_file",), encryption.key_file)]
+    settings += [(("old_key_files", i), p) for i, p in enumerate(encryption.old_key_files)]
+    problems = []
+    for loc, key_path in settings:
+        try:
+            read_spool_key(key_path)
+        except SpoolKeyError as exc:
+            line = _line_of(node, ("store", "encryption", *loc))
+            problems.append(Problem(source, line, f"store.encryption.{loc[0]}: {exc}"))
+    if problems:
+        raise ConfigError(problems)
 
 
 def _check_detectors(config: Config, node: yaml.Node | None, source: Path) -> None:

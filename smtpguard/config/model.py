@@ -149,11 +149,25 @@ class DeliveryConfig(_Section):
     poll_interval: Seconds = 5.0
 
 
+class SpoolEncryptionConfig(_Section):
+    """Encryption at rest of spool files (held mail can sit on the relay for weeks).
+
+    New files are encrypted under `key_file`; `old_key_files` are only read,
+    so files written under a previous key stay readable until
+    `smtpguard spool rekey` has rewritten them. Read at start: a new key
+    takes effect at restart, not on SIGHUP.
+    """
+
+    key_file: Path
+    old_key_files: tuple[Path, ...] = ()
+
+
 class StoreConfig(_Section):
     backend: Literal["sqlite"] = "sqlite"
     data_dir: Path = Path("/var/lib/smtpguard")
     min_free_disk: Size = 512 * 1024**2
     max_queue: Count = Field(default=50_000, ge=1)
+    encryption: SpoolEncryptionConfig | None = None
 
 
 class ParseConfig(_Section):
@@ -331,6 +345,30 @@ class PolicyConfig(_Section):
         return self
 
 
+class ReviewConfig(_Section):
+    """How long held mail waits for reviewers, and how they are told about it."""
+
+    # A quarantined copy nobody reviews is refused (with a notice to its sender)
+    # after this long: two weeks, so that a weekend or a bank holiday never lapses one.
+    retention: Seconds = 14 * 86400.0
+    # Reviewers are reminded of holds this close to expiry (once per message).
+    remind_before: Seconds = 2 * 86400.0
+    # "each": a notice per hold (rules with notify: [reviewers]); "digest": one
+    # notice listing the holds of each digest_interval.
+    reviewer_notices: Literal["each", "digest"] = "each"
+    digest_interval: Seconds = 3600.0
+    # How often the relay looks for holds to expire and reminders to send.
+    check_interval: Seconds = 60.0
+    # `quarantine release` waits this long to say whether the upstream took the message.
+    release_wait: Seconds = 60.0
+
+    @model_validator(mode="after")
+    def _remind_before_expiry(self) -> ReviewConfig:
+        if self.remind_before >= self.retention:
+            raise ValueError("remind_before must be shorter than retention")
+        return self
+
+
 class LoggingConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -345,4 +383,5 @@ class Config(_Section):
     detect: DetectConfig = DetectConfig()
     council: CouncilConfig = CouncilConfig()
     policy: PolicyConfig = PolicyConfig()
+    review: ReviewConfig = ReviewConfig()
     logging: LoggingConfig = LoggingConfig()

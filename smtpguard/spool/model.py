@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from smtpguard.envelope import Envelope
 
@@ -122,6 +125,7 @@ class MessageRecord:
     updated_at: float
     recipients: tuple[RecipientRecord, ...]
     release_at: float | None = None  # when the delayed recipients are delivered
+    review_until: float | None = None  # when a hold not yet reviewed expires
 
     def pending_recipients(self) -> tuple[str, ...]:
         return tuple(
@@ -129,6 +133,69 @@ class MessageRecord:
             for r in self.recipients
             if r.state in (RecipientState.PENDING, RecipientState.DEFERRED)
         )
+
+    def addresses_in(self, *states: RecipientState) -> tuple[str, ...]:
+        return tuple(r.address for r in self.recipients if r.state in states)
+
+
+def message_state_of(states: Iterable[RecipientState]) -> MessageState:
+    """The message's state once no delivery is under way, from its recipients' states."""
+    found = set(states)
+    if RecipientState.PENDING in found:
+        return MessageState.QUEUED
+    if RecipientState.DEFERRED in found:
+        return MessageState.DEFERRED
+    if RecipientState.HELD in found or RecipientState.DELAYED in found:
+        return MessageState.HELD
+    if RecipientState.BOUNCED in found or RecipientState.EXPIRED in found:
+        return MessageState.BOUNCED
+    if RecipientState.DELIVERED in found:
+        return MessageState.DELIVERED
+    return MessageState.REJECTED
+
+
+@dataclass(frozen=True)
+class Approval:
+    """One reviewer's release of one recipient's copy of a held message."""
+
+    recipient: str
+    reviewer: str  # the reviewer's login
+    role: str  # "reviewer" or "approver", as the staff register said at the time
+    reason: str
+    at: float = 0.0
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One line of the audit log: who did what to which message; never content.
+
+    `hash` chains each entry to the one before it (see `audit_hash`), so an
+    entry edited, removed or inserted afterwards breaks the chain.
+    """
+
+    seq: int
+    at: float
+    actor: str  # "smtpguard" for the relay, else the reviewer's login
+    action: str  # "verdict", "approve", "release", "reject", "recall", "expire", ...
+    message_id: str | None
+    detail: dict[str, Any]
+    prev: str
+    hash: str
+
+
+GENESIS = "0" * 64
+
+
+def audit_hash(
+    prev: str, seq: int, at: float, actor: str, action: str, message_id: str | None, detail: Any
+) -> str:
+    body = json.dumps(
+        [prev, seq, repr(at), actor, action, message_id, detail],
+        sort_keys=True,
+        ensure_ascii=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(body.encode()).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -25,10 +25,14 @@ from typing import Any, TypeVar
 import structlog
 
 from smtpguard.envelope import Envelope
+from smtpguard.spool.cipher import SpoolCipher
 from smtpguard.spool.files import FILE_MODE, SpoolFolder, SpoolHeader, make_private_dir
 from smtpguard.spool.model import (
     DELIVERABLE,
+    GENESIS,
     UNFINISHED,
+    Approval,
+    AuditEntry,
     Instructions,
     MessageRecord,
     MessageState,
@@ -37,8 +41,10 @@ from smtpguard.spool.model import (
     RecipientOutcome,
     RecipientRecord,
     RecipientState,
+    audit_hash,
+    message_state_of,
 )
-from smtpguard.spool.store import Store
+from smtpguard.spool.store import Enough, ReviewConflict, Store
 
 T = TypeVar("T")
 
@@ -104,6 +110,31 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE recipients ADD COLUMN instructions TEXT NOT NULL DEFAULT '{}';
     """,
+    """
+    ALTER TABLE messages ADD COLUMN review_until REAL;
+    ALTER TABLE messages ADD COLUMN reminded_at REAL;
+    CREATE INDEX messages_review ON messages (review_until) WHERE review_until IS NOT NULL;
+    CREATE TABLE approvals (
+        message_id TEXT NOT NULL,
+        recipient TEXT NOT NULL,
+        reviewer TEXT NOT NULL,
+        role TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        at REAL NOT NULL,
+        PRIMARY KEY (message_id, recipient, reviewer)
+    );
+    CREATE TABLE audit (
+        seq INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        message_id TEXT,
+        detail TEXT NOT NULL,
+        prev TEXT NOT NULL,
+        hash TEXT NOT NULL
+    );
+    CREATE INDEX audit_message ON audit (message_id) WHERE message_id IS NOT NULL;
+    """,
 )
 
 
@@ -117,10 +148,10 @@ class _Write:
 
 
 class SQLiteStore(Store):
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, cipher: SpoolCipher | None = None) -> None:
         self.data_dir = data_dir
         self.db_path = data_dir / "smtpguard.db"
-        self.spool = SpoolFolder(data_dir / "spool")
+        self.spool = SpoolFolder(data_dir / "spool", cipher)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
         self._conn: sqlite3.Connection | None = None
         self._pending: list[_Write] = []
@@ -371,6 +402,7 @@ class SQLiteStore(Store):
             updated_at=row["updated_at"],
             recipients=recipients,
             release_at=row["release_at"],
+            review_until=row["review_until"],
         )
 
     def _load(self, message_id: str) -> MessageRecord | None:
@@ -462,6 +494,7 @@ class SQLiteStore(Store):
             " lease_owner = ?, lease_until = ?, release_at = ? WHERE id = ?",
             (state.value, now, next_attempt_at, owner, until, release_at, message_id),
         )
+
         self._db.executemany(
             "UPDATE recipients SET state = ?, updated_at = ? WHERE message_id = ? AND address = ?",
             [(r.value, now, message_id, a) for a, r in (recipient_states or {}).items()],
@@ -572,17 +605,23 @@ class SQLiteStore(Store):
         outcomes: Sequence[RecipientOutcome],
         state: MessageState,
         next_attempt_at: float | None,
-    ) -> None:
+    ) -> str | None:
         now = time.time()
-        self._db.execute(
-            "UPDATE messages SET state = ?, attempts = attempts + 1, next_attempt_at = ?,"
-            " updated_at = ?, lease_owner = NULL, lease_until = NULL WHERE id = ?",
-            (state.value, next_attempt_at, now, message_id),
-        )
         self._db.executemany(
             "UPDATE recipients SET state = ?, attempts = attempts + 1, last_reply = ?,"
             " updated_at = ? WHERE message_id = ? AND address = ?",
             [(o.state.value, o.reply, now, message_id, o.address) for o in outcomes],
+        )
+        if state is MessageState.HELD:
+            # A reviewer may have released, refused or recalled a held copy while this
+            # attempt delivered the others: the message goes on from where they are now.
+            state = message_state_of(self._recipient_states(message_id))
+            if state is MessageState.QUEUED:
+                next_attempt_at = now
+        self._db.execute(
+            "UPDATE messages SET state = ?, attempts = attempts + 1, next_attempt_at = ?,"
+            " updated_at = ?, lease_owner = NULL, lease_until = NULL WHERE id = ?",
+            (state.value, next_attempt_at, now, message_id),
         )
         delivered = [o.address.lower() for o in outcomes if o.state is RecipientState.DELIVERED]
         if delivered:
@@ -598,6 +637,11 @@ class SQLiteStore(Store):
                     " DO UPDATE SET last_at = excluded.last_at",
                     [(sender, recipient, now, now) for recipient in delivered],
                 )
+        return message_id if state.finished else None
+
+    def _recipient_states(self, message_id: str) -> list[RecipientState]:
+        rows = self._db.execute("SELECT state FROM recipients WHERE message_id = ?", (message_id,))
+        return [RecipientState(row[0]) for row in rows]
 
     async def record_attempt(
         self,
@@ -606,7 +650,7 @@ class SQLiteStore(Store):
         state: MessageState,
         next_attempt_at: float | None,
     ) -> None:
-        await self._write(
+        finished = await self._write(
             self._record_attempt,
             message_id,
             outcomes,
@@ -615,6 +659,220 @@ class SQLiteStore(Store):
             subject=message_id,
             finished_id=message_id if state.finished else None,
         )
+        if finished and not state.finished:
+            # Finished by a review meanwhile (see _record_attempt): its bytes go too.
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(self.spool.remove, message_id)
+
+    # -- review -----------------------------------------------------------
+
+    def _record_review(self, message_id: str, review: str, review_until: float | None) -> None:
+        self._db.execute(
+            "UPDATE messages SET verdict = ?, review_until = ? WHERE id = ?",
+            (review, review_until, message_id),
+        )
+
+    async def record_review(self, message_id: str, review: str, review_until: float | None) -> None:
+        await self._write(self._record_review, message_id, review, review_until, subject=message_id)
+
+    def _review_record(self, message_id: str) -> str | None:
+        row = self._db.execute(
+            "SELECT verdict FROM messages WHERE id = ?", (message_id,)
+        ).fetchone()
+        return row[0] if row else None
+
+    async def review_record(self, message_id: str) -> str | None:
+        return await self._run(self._review_record, message_id)
+
+    def _approvals(self, message_id: str) -> list[Approval]:
+        rows = self._db.execute(
+            "SELECT recipient, reviewer, role, reason, at FROM approvals"
+            " WHERE message_id = ? ORDER BY at, reviewer",
+            (message_id,),
+        )
+        return [Approval(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+
+    async def approvals(self, message_id: str) -> list[Approval]:
+        return await self._run(self._approvals, message_id)
+
+    def _held_states(self, message_id: str, recipients: Sequence[str]) -> dict[str, RecipientState]:
+        rows = self._db.execute(
+            "SELECT address, state FROM recipients WHERE message_id = ?", (message_id,)
+        ).fetchall()
+        if not rows:
+            raise ReviewConflict(f"{message_id}: no such message")
+        states = {row[0]: RecipientState(row[1]) for row in rows}
+        unknown = [r for r in recipients if r not in states]
+        if unknown:
+            raise ReviewConflict(f"{message_id}: not a recipient: {', '.join(unknown)}")
+        return states
+
+    def _approve(
+        self, message_id: str, approvals: Sequence[Approval], enough: Enough, lifetime: float
+    ) -> tuple[str, ...]:
+        now = time.time()
+        wanted = list(dict.fromkeys(a.recipient for a in approvals))
+        states = self._held_states(message_id, wanted)
+        gone = [r for r in wanted if states[r] is not RecipientState.HELD]
+        if gone:
+            raise ReviewConflict(
+                "; ".join(f"{r} is not held (it is {states[r].value})" for r in gone)
+            )
+        self._db.executemany(
+            "INSERT INTO approvals (message_id, recipient, reviewer, role, reason, at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [(message_id, a.recipient, a.reviewer, a.role, a.reason, now) for a in approvals],
+        )
+        every = self._approvals(message_id)
+        released = tuple(r for r in wanted if enough(r, [a for a in every if a.recipient == r]))
+        if released:
+            self._set_recipients(message_id, released, RecipientState.PENDING, now)
+            # Not while a delivery has it: that attempt's own commit takes the copies up.
+            self._db.execute(
+                "UPDATE messages SET state = ?, next_attempt_at = ?, expires_at = ?,"
+                " updated_at = ? WHERE id = ? AND state = ?",
+                (
+                    MessageState.RELEASED.value,
+                    now,
+                    now + lifetime,
+                    now,
+                    message_id,
+                    MessageState.HELD.value,
+                ),
+            )
+        return released
+
+    async def approve(
+        self, message_id: str, approvals: Sequence[Approval], enough: Enough, lifetime: float
+    ) -> tuple[str, ...]:
+        return await self._write(
+            self._approve, message_id, approvals, enough, lifetime, subject=message_id
+        )
+
+    def _set_recipients(
+        self, message_id: str, recipients: Sequence[str], state: RecipientState, now: float
+    ) -> None:
+        self._db.executemany(
+            "UPDATE recipients SET state = ?, updated_at = ?"
+            " WHERE message_id = ? AND address = ?",
+            [(state.value, now, message_id, r) for r in recipients],
+        )
+
+    def _finish_held(
+        self, message_id: str, recipients: Sequence[str], state: RecipientState
+    ) -> MessageRecord:
+        now = time.time()
+        states = self._held_states(message_id, recipients)
+        waiting = (RecipientState.HELD, RecipientState.DELAYED)
+        gone = [r for r in recipients if states[r] not in waiting]
+        if gone:
+            raise ReviewConflict(
+                "; ".join(f"{r} is not held (it is {states[r].value})" for r in gone)
+            )
+        self._set_recipients(message_id, recipients, state, now)
+        states.update((r, state) for r in recipients)
+        after = message_state_of(states.values())
+        if after is not MessageState.HELD:
+            delayed = RecipientState.DELAYED in states.values()
+            self._db.execute(
+                "UPDATE messages SET state = ?, updated_at = ?,"
+                " release_at = CASE WHEN ? THEN release_at ELSE NULL END"
+                " WHERE id = ? AND state = ?",
+                (after.value, now, delayed, message_id, MessageState.HELD.value),
+            )
+        record = self._load(message_id)
+        assert record is not None
+        return record
+
+    async def finish_held(
+        self, message_id: str, recipients: Sequence[str], state: RecipientState
+    ) -> MessageRecord:
+        record = await self._write(
+            self._finish_held, message_id, recipients, state, subject=message_id
+        )
+        if record.state.finished:
+            # After the commit, as for every finished message: its bytes are not kept.
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(self.spool.remove, message_id)
+        return record
+
+    def _holds_due(self, now: float) -> list[MessageRecord]:
+        rows = self._db.execute(
+            "SELECT * FROM messages WHERE review_until IS NOT NULL AND review_until <= ?"
+            " AND state IN (?, ?) ORDER BY review_until",
+            (now, MessageState.HELD.value, MessageState.DEFERRED.value),
+        ).fetchall()
+        records = [self._record(row) for row in rows]
+        return [r for r in records if r.addresses_in(RecipientState.HELD)]
+
+    async def holds_due(self, now: float) -> list[MessageRecord]:
+        return await self._run(self._holds_due, now)
+
+    def _reminders_due(self, now: float, before: float) -> list[MessageRecord]:
+        rows = self._db.execute(
+            "SELECT * FROM messages WHERE review_until IS NOT NULL AND review_until <= ?"
+            " AND review_until > ? AND reminded_at IS NULL AND state = ?",
+            (now + before, now, MessageState.HELD.value),
+        ).fetchall()
+        records = [self._record(row) for row in rows]
+        self._db.executemany(
+            "UPDATE messages SET reminded_at = ? WHERE id = ?", [(now, r.id) for r in records]
+        )
+        return [r for r in records if r.addresses_in(RecipientState.HELD)]
+
+    async def reminders_due(self, now: float, before: float) -> list[MessageRecord]:
+        return await self._write(self._reminders_due, now, before)
+
+    def _append_audit(
+        self, actor: str, action: str, message_id: str | None, detail: Mapping[str, Any]
+    ) -> AuditEntry:
+        count, prev = self._audit_head()
+        seq = count + 1
+        at = time.time()
+        plain = json.loads(json.dumps(dict(detail)))  # stored and hashed exactly as read back
+        digest = audit_hash(prev, seq, at, actor, action, message_id, plain)
+        self._db.execute(
+            "INSERT INTO audit (seq, at, actor, action, message_id, detail, prev, hash)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (seq, at, actor, action, message_id, json.dumps(plain, sort_keys=True), prev, digest),
+        )
+        return AuditEntry(seq, at, actor, action, message_id, plain, prev, digest)
+
+    async def append_audit(
+        self, actor: str, action: str, message_id: str | None, detail: Mapping[str, Any]
+    ) -> AuditEntry:
+        return await self._write(self._append_audit, actor, action, message_id, detail)
+
+    def _audit_head(self) -> tuple[int, str]:
+        last = self._db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        return (last[0], last[1]) if last else (0, GENESIS)
+
+    async def audit_head(self) -> tuple[int, str]:
+        return await self._run(self._audit_head)
+
+    def _audit_entries(self, message_id: str | None) -> list[AuditEntry]:
+        if message_id is None:
+            rows = self._db.execute("SELECT * FROM audit ORDER BY seq")
+        else:
+            rows = self._db.execute(
+                "SELECT * FROM audit WHERE message_id = ? ORDER BY seq", (message_id,)
+            )
+        return [
+            AuditEntry(
+                r["seq"],
+                r["at"],
+                r["actor"],
+                r["action"],
+                r["message_id"],
+                json.loads(r["detail"]),
+                r["prev"],
+                r["hash"],
+            )
+            for r in rows
+        ]
+
+    async def audit_entries(self, message_id: str | None = None) -> list[AuditEntry]:
+        return await self._run(self._audit_entries, message_id)
 
     def _release_claims(self) -> None:
         self._db.execute(
@@ -670,9 +928,7 @@ class SQLiteStore(Store):
         return await self._write(self._retry_now, now)
 
 
-def read_correspondents(
-    data_dir: Path, sender: str, recipients: Sequence[str]
-) -> frozenset[str]:
+def read_correspondents(data_dir: Path, sender: str, recipients: Sequence[str]) -> frozenset[str]:
     """For `smtpguard scan`: the store's recipient history, read-only, if there is a store.
 
     A dry run must not change anything, so the database is opened read-only

@@ -11,10 +11,13 @@ import abc
 import itertools
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from smtpguard.envelope import Envelope
 from smtpguard.spool.model import (
+    Approval,
+    AuditEntry,
     Instructions,
     MessageRecord,
     MessageState,
@@ -35,6 +38,14 @@ def new_message_id() -> str:
     messages in the same microsecond, or from two relay processes, never collide.
     """
     return f"{time.time_ns() // 1000:013X}{next(_sequence) & 0xFFFF:04X}{_PROCESS_TAG}"
+
+
+class ReviewConflict(Exception):
+    """A review action that no longer applies: the copy is not held any more, or is gone."""
+
+
+# Given a recipient and every approval of it so far: is that enough to release it?
+Enough = Callable[[str, Sequence[Approval]], bool]
 
 
 class Store(abc.ABC):
@@ -134,6 +145,64 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def retry_now(self, now: float) -> int:
         """Make every deferred message due now; returns how many."""
+
+    # -- review ---------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def record_review(self, message_id: str, review: str, review_until: float | None) -> None:
+        """Keep the verdict in reviewers' words (JSON) with a held message; its held copies
+        wait for review until `review_until`."""
+
+    @abc.abstractmethod
+    async def review_record(self, message_id: str) -> str | None:
+        """The verdict recorded for reviewers when the message was held (JSON)."""
+
+    @abc.abstractmethod
+    async def approvals(self, message_id: str) -> list[Approval]: ...
+
+    @abc.abstractmethod
+    async def approve(
+        self, message_id: str, approvals: Sequence[Approval], enough: Enough, lifetime: float
+    ) -> tuple[str, ...]:
+        """Record approvals of held copies and release those that now have `enough`.
+
+        One transaction, so two reviewers approving at once cannot both fall
+        short. Released copies are delivered with a fresh `lifetime`. Raises
+        ReviewConflict when a copy is not held (any more). Returns the released.
+        """
+
+    @abc.abstractmethod
+    async def finish_held(
+        self, message_id: str, recipients: Sequence[str], state: RecipientState
+    ) -> MessageRecord:
+        """Refuse, recall or expire held or delayed copies (to REJECTED or EXPIRED).
+
+        Raises ReviewConflict when a copy is not held or delayed (any more).
+        Returns the message as it is afterwards.
+        """
+
+    @abc.abstractmethod
+    async def holds_due(self, now: float) -> list[MessageRecord]:
+        """Messages with copies still held whose review time has run out."""
+
+    @abc.abstractmethod
+    async def reminders_due(self, now: float, before: float) -> list[MessageRecord]:
+        """Held messages whose review time ends within `before` seconds, not yet reminded;
+        each is marked reminded as it is returned."""
+
+    @abc.abstractmethod
+    async def append_audit(
+        self, actor: str, action: str, message_id: str | None, detail: Mapping[str, Any]
+    ) -> AuditEntry:
+        """Add one entry to the hash-chained audit log."""
+
+    @abc.abstractmethod
+    async def audit_head(self) -> tuple[int, str]:
+        """How many audit entries there are and the newest one's hash."""
+
+    @abc.abstractmethod
+    async def audit_entries(self, message_id: str | None = None) -> list[AuditEntry]:
+        """The audit log in order; with `message_id`, only that message's entries."""
 
     @abc.abstractmethod
     def free_disk_bytes(self) -> int:

@@ -1198,9 +1198,8 @@ def test_a_theme_on_another_detector_or_malformed_is_refused(tmp_path: Path) -> 
 
 
 def test_when_approver_on_a_delay_rule_then_refused(tmp_path: Path) -> None:
-    text = rule(
-        "{finding: {detector: nhs_number}}", action="delay", extra="delay: 5m\napprover: true   # <-"
-    )
+    when = "{finding: {detector: nhs_number}}"
+    text = rule(when, action="delay", extra="delay: 5m\napprover: true   # <-")
     assert one_problem(tmp_path, text) == (
         "rule r: approver: only a quarantine rule takes approver (this rule's action is delay)"
     )
