@@ -369,7 +369,7 @@ class Relay:
                     instructions=special,
                 )
             await self._bounce_refused(record, verdict, content)
-            await self._record_verdict(message_id, envelope, verdict, reading, content)
+            self._track(self._record_verdict(message_id, envelope, verdict, reading, content))
             self._track(self._notify_holds(message_id, envelope, verdict, content, release_at))
             if state is MessageState.QUEUED:
                 # A message every recipient may have goes straight to delivery: the
@@ -438,6 +438,7 @@ class Relay:
                 queue_id=message_id,
                 message_id=_message_id_of(content),
                 held=held,
+                reviewers=self.config.policy.reviewers,
             )
             await self.queue.queue_notice(envelope.sender, notice, smtputf8=envelope.smtputf8)
             told.append("sender")

@@ -62,15 +62,19 @@ STAFF_ROWS = [
 @pytest.fixture(scope="module")
 def os_users() -> dict[str, int]:
     """The reviewers as real users of this machine: login -> uid."""
-    if os.geteuid() != 0 or shutil.which("useradd") is None:
-        pytest.skip("creating the reviewers' OS users needs root and useradd")
+    as_root: list[str] = []
+    if os.geteuid() != 0:
+        sudo = shutil.which("sudo")
+        if sudo is None or subprocess.run([sudo, "-n", "true"], check=False).returncode:
+            pytest.skip("creating the reviewers' OS users needs root (or sudo without a password)")
+        as_root = [sudo, "-n"]
     uids = {}
     for login in LOGINS:
         try:
             uids[login] = pwd.getpwnam(login).pw_uid
         except KeyError:
             subprocess.run(
-                ["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", login],
+                [*as_root, "useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", login],
                 check=True,
             )
             uids[login] = pwd.getpwnam(login).pw_uid
@@ -220,13 +224,13 @@ def restricted_party_message(*to: str) -> bytes:
 # ---- the whole loop --------------------------------------------------------------
 
 
-async def test_b3_hold_needs_two_reviewers_one_an_approver_and_never_the_sender(
+async def test_b3_held_then_approver_then_sender_refused_then_reviewer_delivers(
     desk: Desk,
 ) -> None:
     message_id = await desk.send(restricted_party_message(FATHER), [FATHER])
     assert await desk.settle(message_id) == {FATHER: RecipientState.HELD}
     notice = await desk.notices_to(SENDER, "Your message is held for review")
-    assert message_id.encode() in notice
+    assert message_id.encode() in notice and REVIEWERS.encode() in notice
 
     code, out, err = await desk.run(REVIEWER, "quarantine", "list", "--json")
     assert code == 0, err
@@ -240,15 +244,10 @@ async def test_b3_hold_needs_two_reviewers_one_an_approver_and_never_the_sender(
     assert "case-material-to-restricted-party" in listed["rules"]
 
     code, out, err = await desk.run(
-        REVIEWER,
-        "quarantine",
-        "release",
-        message_id,
-        "--reason",
-        "checked: the father's solicitor asked",
+        APPROVER, "quarantine", "release", message_id, "--reason", "agreed with the team manager"
     )
     assert code == 0, err
-    assert "still held: needs 1 more approval and an approver" in out
+    assert "still held: needs 1 more approval" in out
     assert await desk.states(message_id) == {FATHER: RecipientState.HELD}
 
     # The sender has a review role, and still cannot approve their own message.
@@ -258,18 +257,18 @@ async def test_b3_hold_needs_two_reviewers_one_an_approver_and_never_the_sender(
     assert code == 1
     assert f"{SENDING_REVIEWER} sent this message and cannot approve it" in err
     # Nor can the same reviewer approve twice.
-    code, _, err = await desk.run(
-        REVIEWER, "quarantine", "release", message_id, "--reason", "again"
-    )
+    code, _, err = await desk.run(APPROVER, "quarantine", "release", message_id, "--reason", "x")
     assert code == 1 and "has already approved" in err
-    # A second plain reviewer is not enough: this rule wants an approver.
-    code, _, err = await desk.run(REVIEWER_2, "quarantine", "release", message_id, "--reason", "ok")
-    assert code == 1 and "needs an approver" in err
     assert await desk.states(message_id) == {FATHER: RecipientState.HELD}
     assert desk.delivered_to(FATHER) == []
 
     code, out, err = await desk.run(
-        APPROVER, "quarantine", "release", message_id, "--reason", "agreed with the team manager"
+        REVIEWER,
+        "quarantine",
+        "release",
+        message_id,
+        "--reason",
+        "checked: the father's solicitor asked",
     )
     assert code == 0, err
     assert f"released: {FATHER}: delivered (250 2.0.0 captured)" in out
@@ -283,11 +282,74 @@ async def test_b3_hold_needs_two_reviewers_one_an_approver_and_never_the_sender(
     actions = [(e["actor"], e["action"]) for e in shown["history"]]
     assert actions == [
         ("smtpguard", "verdict"),
-        (REVIEWER, "approve"),
         (APPROVER, "approve"),
+        (REVIEWER, "approve"),
     ]
+    assert shown["recipients"][0]["state"] == "delivered"
     code, out, _ = await desk.run(APPROVER, "audit", "verify")
     assert code == 0 and "audit log intact" in out
+
+
+async def test_two_plain_reviewers_are_not_enough_where_the_rule_wants_an_approver(
+    desk: Desk,
+) -> None:
+    message_id = await desk.send(restricted_party_message(FATHER), [FATHER])
+    await desk.settle(message_id)
+    code, out, err = await desk.run(REVIEWER, "quarantine", "release", message_id, "--reason", "ok")
+    assert code == 0, err
+    assert "still held: needs 1 more approval and an approver" in out
+    code, _, err = await desk.run(REVIEWER_2, "quarantine", "release", message_id, "--reason", "ok")
+    assert code == 1 and "needs an approver" in err
+    assert await desk.states(message_id) == {FATHER: RecipientState.HELD}
+    code, out, err = await desk.run(APPROVER, "quarantine", "release", message_id, "--reason", "ok")
+    assert code == 0 and "released:" in out, err
+
+
+async def test_a_held_message_is_encrypted_at_rest_and_still_reviewable(
+    tmp_path: Path, os_users: dict[str, int]
+) -> None:
+    key = tmp_path / "spool.key"
+    assert (
+        subprocess.run(
+            [sys.executable, "-m", "smtpguard.cli", "spool", "keygen", str(key)], check=False
+        ).returncode
+        == 0
+    )
+    sink = CaptureSink()
+    await sink.start()
+    runner = RelayRunner(tmp_path, sink)
+    changes = council_changes(tmp_path, sink.port)
+    changes["store"] = {
+        "data_dir": "data",
+        "min_free_disk": "1MB",
+        "encryption": {"key_file": str(key)},
+    }
+    service = await runner.start(changes)
+    desk = Desk(service, sink, tmp_path / "smtpguard.yaml", os_users)
+    try:
+        message_id = await desk.send(restricted_party_message(FATHER), [FATHER])
+        assert await desk.settle(message_id) == {FATHER: RecipientState.HELD}
+        held_file = service.config.store.data_dir / "spool" / f"{message_id}.eml"
+        on_disk = held_file.read_bytes()
+        for clear in (
+            b"child protection conference",
+            b"CS-204817",
+            FATHER.encode(),
+            SENDER.encode(),
+        ):
+            assert clear not in on_disk
+        code, out, _ = await desk.run(REVIEWER, "quarantine", "export", message_id)
+        assert code == 0 and "child protection conference" in out
+        for login in (APPROVER, REVIEWER):
+            code, out, err = await desk.run(
+                login, "quarantine", "release", message_id, "--reason", "ok"
+            )
+            assert code == 0, err
+        assert f"released: {FATHER}: delivered" in out
+        assert b"child protection conference" in desk.delivered_to(FATHER)[0]
+    finally:
+        await runner.stop_all()
+        await sink.stop()
 
 
 async def test_release_of_one_recipient_leaves_the_other_held(desk: Desk) -> None:
@@ -391,7 +453,10 @@ async def test_an_unreviewed_hold_expires_into_rejected_and_the_sender_is_told(
         assert message_id.encode() in reminder
         notice = await desk.notices_to(SENDER, "Your held message expired unreviewed")
         assert message_id.encode() in notice
-        assert await desk.states(message_id) == {FATHER: RecipientState.EXPIRED}
+        assert await desk.states(message_id) == {FATHER: RecipientState.REJECTED}
+        record = await desk.service.store.load(message_id)
+        assert record is not None and record.state is MessageState.REJECTED
+        assert record.recipients[0].last_reply.startswith("expired: not reviewed")
         entries = await desk.service.store.audit_entries(message_id)
         assert [e.action for e in entries] == ["verdict", "expire"]
         assert desk.delivered_to(FATHER) == []

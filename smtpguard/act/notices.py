@@ -73,6 +73,7 @@ def build_sender_notice(
     queue_id: str,
     message_id: str | None,
     held: Sequence[HeldCopy],
+    reviewers: str | None = None,
 ) -> bytes:
     """The notice to the sender that some copies of their message were held or delayed."""
     delayed_only = all(copy.action == "delay" for copy in held)
@@ -92,6 +93,8 @@ def build_sender_notice(
             f"  Next: {_what_happens(copy)}.",
             "",
         ]
+    if reviewers and any(copy.action != "delay" for copy in held):
+        body += [f"Reviewed by: the council's information governance reviewers <{reviewers}>", ""]
     body += [
         "Any other recipients have been sent the message as usual.",
         "You will be told again when a held message is released or refused.",

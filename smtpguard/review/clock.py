@@ -44,7 +44,8 @@ class ReviewClock:
             try:
                 held = await desk.get(record.id)
                 copies = held.record.addresses_in(RecipientState.HELD)
-                await self.store.finish_held(record.id, copies, RecipientState.EXPIRED)
+                note = "expired: not reviewed within the retention period"
+                await self.store.finish_held(record.id, copies, RecipientState.REJECTED, note)
             except ReviewConflict:
                 continue  # a reviewer got there first
             await self.store.append_audit(

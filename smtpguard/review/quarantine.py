@@ -117,7 +117,8 @@ class Quarantine:
     # -- reading ------------------------------------------------------------
 
     async def held(self, only: HoldFilter | None = None, limit: int = 10_000) -> list[Held]:
-        records = await self.store.messages((*_REVIEWABLE, MessageState.BOUNCED), limit)
+        records = await self.store.messages(_REVIEWABLE, limit)
+        records += await self.store.released_then_refused(limit)
         now = time.time()
         found = []
         for record in records:
@@ -217,7 +218,8 @@ class Quarantine:
     ) -> tuple[str, ...]:
         held = await self.get(message_id)
         chosen = self._chosen(held, recipients, _WAITING, "held or delayed")
-        await self.store.finish_held(message_id, chosen, RecipientState.REJECTED)
+        note = f"rejected by {reviewer.login}: {reason}"
+        await self.store.finish_held(message_id, chosen, RecipientState.REJECTED, note)
         await self._audit(
             reviewer, "reject", message_id, {"recipients": list(chosen), "reason": reason}
         )
@@ -227,7 +229,8 @@ class Quarantine:
     async def recall(self, reviewer: Reviewer, message_id: str, reason: str) -> tuple[str, ...]:
         held = await self.get(message_id)
         chosen = self._chosen(held, None, (RecipientState.DELAYED,), "delayed")
-        await self.store.finish_held(message_id, chosen, RecipientState.REJECTED)
+        note = f"recalled by {reviewer.login}: {reason}"
+        await self.store.finish_held(message_id, chosen, RecipientState.REJECTED, note)
         await self._audit(
             reviewer, "recall", message_id, {"recipients": list(chosen), "reason": reason}
         )
@@ -238,7 +241,8 @@ class Quarantine:
         """Refuse every waiting copy without telling the sender (test mail, spam, duplicates)."""
         held = await self.get(message_id)
         chosen = self._chosen(held, None, _WAITING, "held or delayed")
-        await self.store.finish_held(message_id, chosen, RecipientState.REJECTED)
+        note = f"deleted by {reviewer.login}: {reason}"
+        await self.store.finish_held(message_id, chosen, RecipientState.REJECTED, note)
         await self._audit(
             reviewer, "delete", message_id, {"recipients": list(chosen), "reason": reason}
         )

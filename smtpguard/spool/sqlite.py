@@ -730,7 +730,7 @@ class SQLiteStore(Store):
             # Not while a delivery has it: that attempt's own commit takes the copies up.
             self._db.execute(
                 "UPDATE messages SET state = ?, next_attempt_at = ?, expires_at = ?,"
-                " updated_at = ? WHERE id = ? AND state = ?",
+                " updated_at = ? WHERE id = ? AND state IN (?, ?)",
                 (
                     MessageState.RELEASED.value,
                     now,
@@ -738,6 +738,7 @@ class SQLiteStore(Store):
                     now,
                     message_id,
                     MessageState.HELD.value,
+                    MessageState.DEFERRED.value,
                 ),
             )
         return released
@@ -758,8 +759,19 @@ class SQLiteStore(Store):
             [(state.value, now, message_id, r) for r in recipients],
         )
 
+    def _released_then_refused(self, limit: int) -> list[MessageRecord]:
+        rows = self._db.execute(
+            "SELECT * FROM messages WHERE state = ? AND id IN (SELECT message_id FROM approvals)"
+            " ORDER BY received_at DESC LIMIT ?",
+            (MessageState.BOUNCED.value, limit),
+        ).fetchall()
+        return [self._record(row) for row in rows]
+
+    async def released_then_refused(self, limit: int = 1000) -> list[MessageRecord]:
+        return await self._run(self._released_then_refused, limit)
+
     def _finish_held(
-        self, message_id: str, recipients: Sequence[str], state: RecipientState
+        self, message_id: str, recipients: Sequence[str], state: RecipientState, note: str
     ) -> MessageRecord:
         now = time.time()
         states = self._held_states(message_id, recipients)
@@ -770,6 +782,10 @@ class SQLiteStore(Store):
                 "; ".join(f"{r} is not held (it is {states[r].value})" for r in gone)
             )
         self._set_recipients(message_id, recipients, state, now)
+        self._db.executemany(
+            "UPDATE recipients SET last_reply = ? WHERE message_id = ? AND address = ?",
+            [(note, message_id, r) for r in recipients],
+        )
         states.update((r, state) for r in recipients)
         after = message_state_of(states.values())
         if after is not MessageState.HELD:
@@ -785,10 +801,10 @@ class SQLiteStore(Store):
         return record
 
     async def finish_held(
-        self, message_id: str, recipients: Sequence[str], state: RecipientState
+        self, message_id: str, recipients: Sequence[str], state: RecipientState, note: str
     ) -> MessageRecord:
         record = await self._write(
-            self._finish_held, message_id, recipients, state, subject=message_id
+            self._finish_held, message_id, recipients, state, note, subject=message_id
         )
         if record.state.finished:
             # After the commit, as for every finished message: its bytes are not kept.

@@ -172,10 +172,15 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def released_then_refused(self, limit: int = 1000) -> list[MessageRecord]:
+        """Finished messages a reviewer released that the upstream then refused, newest first."""
+
+    @abc.abstractmethod
     async def finish_held(
-        self, message_id: str, recipients: Sequence[str], state: RecipientState
+        self, message_id: str, recipients: Sequence[str], state: RecipientState, note: str
     ) -> MessageRecord:
-        """Refuse, recall or expire held or delayed copies (to REJECTED or EXPIRED).
+        """Refuse, recall or expire held or delayed copies (to REJECTED); `note` says why,
+        in each copy's last reply ("rejected by ...", "expired unreviewed").
 
         Raises ReviewConflict when a copy is not held or delayed (any more).
         Returns the message as it is afterwards.
