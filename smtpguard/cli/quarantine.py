@@ -24,7 +24,6 @@ from smtpguard.config import Config
 from smtpguard.config.staff import load_staff
 from smtpguard.review.audit import verify_chain
 from smtpguard.review.quarantine import Held, HoldFilter, Quarantine
-from smtpguard.review.record import finding_json
 from smtpguard.review.reviewers import Reviewer, ReviewRefused, invoking_login, reviewer_for
 from smtpguard.spool import RecipientState, ReviewConflict, Store, open_store
 from smtpguard.spool.cipher import spool_cipher
@@ -223,9 +222,7 @@ async def _list(desk: Quarantine, args: argparse.Namespace) -> int:
     for column in ("age", "sender", "waiting copies", "approvals", "rules", "expires"):
         table.add_column(column, overflow="fold")
     for held in found:
-        copies = [
-            c for c in _copies(held) if c["state"] in ("held", "delayed", "release failed")
-        ]
+        copies = [c for c in _copies(held) if c["state"] in ("held", "delayed", "release failed")]
         record = held.record
         expires = (
             f"delivers {_when(record.release_at)}"
@@ -264,29 +261,14 @@ async def _show(desk: Quarantine, reviewer: Reviewer, args: argparse.Namespace) 
         return EXIT_OK
     held = await desk.get(args.id)
     history = await desk.history(args.id)
-    review = held.review
+    stored = held.review.as_dict() if held.review else {}
     shown = {
         **_summary(held),
         "client": held.record.envelope.client_address,
-        "cases": list(review.cases) if review else [],
-        "verdicts": {
-            address: {
-                "action": r.action,
-                "reason": r.reason,
-                "classes": list(r.classes),
-                "facts": list(r.facts),
-                "rules": [
-                    {"name": x.name, "severity": x.severity, "explanation": x.explanation}
-                    for x in r.rules
-                ],
-            }
-            for address, r in (review.recipients.items() if review else ())
-        },
-        "findings": [finding_json(f) for f in review.findings] if review else [],
-        "attachments": [
-            {"name": a.path, "kind": a.kind, "size": a.size, "flags": sorted(a.flags)}
-            for a in (review.attachments if review else ())
-        ],
+        "cases": stored.get("cases", []),
+        "verdicts": stored.get("recipients", {}),
+        "findings": stored.get("findings", []),
+        "attachments": stored.get("attachments", []),
         "history": [
             {"at": e.at, "actor": e.actor, "action": e.action, "detail": e.detail} for e in history
         ],
@@ -340,7 +322,7 @@ def _print_show(shown: dict[str, Any]) -> None:
         console.print("\n[bold]Attachments[/bold]")
         for a in shown["attachments"]:
             flags = f" [{', '.join(a['flags'])}]" if a["flags"] else ""
-            console.print(f"  {a['name']}: {a['kind']}, {a['size']} bytes{flags}", markup=False)
+            console.print(f"  {a['path']}: {a['kind']}, {a['size']} bytes{flags}", markup=False)
     console.print("\n[bold]History[/bold]")
     for entry in shown["history"]:
         detail = {k: v for k, v in entry["detail"].items() if k != "role"}

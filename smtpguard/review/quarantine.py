@@ -216,36 +216,41 @@ class Quarantine:
     async def reject(
         self, reviewer: Reviewer, message_id: str, recipients: Sequence[str] | None, reason: str
     ) -> tuple[str, ...]:
-        held = await self.get(message_id)
-        chosen = self._chosen(held, recipients, _WAITING, "held or delayed")
-        note = f"rejected by {reviewer.login}: {reason}"
-        await self.store.finish_held(message_id, chosen, RecipientState.REJECTED, note)
-        await self._audit(
-            reviewer, "reject", message_id, {"recipients": list(chosen), "reason": reason}
+        return await self._refuse(
+            reviewer, message_id, recipients, _WAITING, "reject", reason, tell="rejected"
         )
-        await self._tell_sender(held, "rejected", chosen, reason)
-        return tuple(chosen)
 
     async def recall(self, reviewer: Reviewer, message_id: str, reason: str) -> tuple[str, ...]:
-        held = await self.get(message_id)
-        chosen = self._chosen(held, None, (RecipientState.DELAYED,), "delayed")
-        note = f"recalled by {reviewer.login}: {reason}"
-        await self.store.finish_held(message_id, chosen, RecipientState.REJECTED, note)
-        await self._audit(
-            reviewer, "recall", message_id, {"recipients": list(chosen), "reason": reason}
+        delayed = (RecipientState.DELAYED,)
+        return await self._refuse(
+            reviewer, message_id, None, delayed, "recall", reason, tell="recalled"
         )
-        await self._tell_sender(held, "recalled", chosen, reason)
-        return tuple(chosen)
 
     async def delete(self, reviewer: Reviewer, message_id: str, reason: str) -> tuple[str, ...]:
         """Refuse every waiting copy without telling the sender (test mail, spam, duplicates)."""
+        return await self._refuse(reviewer, message_id, None, _WAITING, "delete", reason, tell=None)
+
+    async def _refuse(
+        self,
+        reviewer: Reviewer,
+        message_id: str,
+        recipients: Sequence[str] | None,
+        states: tuple[RecipientState, ...],
+        action: str,
+        reason: str,
+        *,
+        tell: str | None,
+    ) -> tuple[str, ...]:
         held = await self.get(message_id)
-        chosen = self._chosen(held, None, _WAITING, "held or delayed")
-        note = f"deleted by {reviewer.login}: {reason}"
+        what = "delayed" if states == (RecipientState.DELAYED,) else "held or delayed"
+        chosen = self._chosen(held, recipients, states, what)
+        note = f"{action.rstrip('e')}ed by {reviewer.login}: {reason}"  # rejected, recalled...
         await self.store.finish_held(message_id, chosen, RecipientState.REJECTED, note)
         await self._audit(
-            reviewer, "delete", message_id, {"recipients": list(chosen), "reason": reason}
+            reviewer, action, message_id, {"recipients": list(chosen), "reason": reason}
         )
+        if tell is not None:
+            await self._tell_sender(held, tell, chosen, reason)
         return tuple(chosen)
 
     # -- plumbing -----------------------------------------------------------

@@ -68,37 +68,38 @@ class ReviewRecord:
             recipients={a: _shown(v) for a, v in verdict.recipients.items()},
         )
 
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "format": FORMAT,
-                "message_id": self.message_id,
-                "held_at": self.held_at,
-                "review_until": self.review_until,
-                "cases": list(self.cases),
-                "findings": [finding_json(f) for f in self.findings],
-                "attachments": [
-                    {"path": a.path, "kind": a.kind, "size": a.size, "flags": sorted(a.flags)}
-                    for a in self.attachments
-                ],
-                "recipients": {
-                    address: {
-                        "action": r.action,
-                        "reason": r.reason,
-                        "approvals": r.approvals,
-                        "approver": r.approver,
-                        "classes": list(r.classes),
-                        "facts": list(r.facts),
-                        "rules": [
-                            {"name": x.name, "severity": x.severity, "explanation": x.explanation}
-                            for x in r.rules
-                        ],
-                    }
-                    for address, r in self.recipients.items()
-                },
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON types: what is stored, and what `quarantine show --json` prints."""
+        return {
+            "format": FORMAT,
+            "message_id": self.message_id,
+            "held_at": self.held_at,
+            "review_until": self.review_until,
+            "cases": list(self.cases),
+            "findings": [finding_json(f) for f in self.findings],
+            "attachments": [
+                {"path": a.path, "kind": a.kind, "size": a.size, "flags": sorted(a.flags)}
+                for a in self.attachments
+            ],
+            "recipients": {
+                address: {
+                    "action": r.action,
+                    "reason": r.reason,
+                    "approvals": r.approvals,
+                    "approver": r.approver,
+                    "classes": list(r.classes),
+                    "facts": list(r.facts),
+                    "rules": [
+                        {"name": x.name, "severity": x.severity, "explanation": x.explanation}
+                        for x in r.rules
+                    ],
+                }
+                for address, r in self.recipients.items()
             },
-            sort_keys=True,
-        )
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict(), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> ReviewRecord:
