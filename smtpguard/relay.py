@@ -35,6 +35,7 @@ from smtpguard.envelope import Envelope
 from smtpguard.inspect import read_message, unreadable_reading
 from smtpguard.listen import Listener, Receipt, listener_settings, replies
 from smtpguard.log import configure_logging
+from smtpguard.metrics import HealthCheck, MetricsServer, RelayMetrics
 from smtpguard.parse import ParsePool
 from smtpguard.review.clock import AUDIT_ACTOR, ReviewClock
 from smtpguard.review.record import ReviewRecord
@@ -47,9 +48,8 @@ from smtpguard.spool import (
     RecipientState,
     Store,
     new_message_id,
-    open_store,
+    open_configured_store,
 )
-from smtpguard.spool.cipher import spool_cipher
 
 log = structlog.get_logger("smtpguard.relay")
 
@@ -127,12 +127,14 @@ class Relay:
         queue: DeliveryQueue,
         parser: ParsePool[Reading],
         decider: Decider,
+        metrics: RelayMetrics | None = None,
     ) -> None:
         self.config = config
         self.decider = decider  # replaced on reload
         self.store = store
         self.queue = queue
         self.parser = parser
+        self.metrics = metrics
         self._pressure = _Pressure()
         self._scans: set[asyncio.Task[None]] = set()
 
@@ -223,6 +225,8 @@ class Relay:
             tls=tls,
             mode=self.config.server.mode,
         )
+        if self.metrics is not None:
+            self.metrics.received(self.config.server.mode)
         if state is MessageState.RECEIVED:
             self._scan_later(message_id, envelope, content)
         elif state is MessageState.QUEUED:
@@ -243,15 +247,19 @@ class Relay:
         """Parse and detect in a worker process; decide here (it needs the envelope)."""
         started = time.monotonic()
         reading = await self.parser.parse(content)
+        findings = _finding_counts(reading.findings)
         log.info(
             "message.scanned",
             id=message_id,
             seconds=round(time.monotonic() - started, 4),
             # Detector names and distinct counts: never a value, excerpt or file name.
-            findings=_finding_counts(reading.findings),
+            findings=findings,
         )
         correspondents = await self.store.correspondents(envelope.sender, envelope.recipients)
-        return self.decider.decide(envelope, reading, correspondents), reading
+        verdict = self.decider.decide(envelope, reading, correspondents)
+        if self.metrics is not None:
+            self.metrics.scanned(time.monotonic() - started, verdict, findings)
+        return verdict, reading
 
     async def _record_verdict(
         self,
@@ -379,6 +387,8 @@ class Relay:
         except Exception as exc:
             # Stays RECEIVED and is scanned again later. Never delivered unscanned.
             log.error("scan.failed", id=message_id, error=type(exc).__name__)
+            if self.metrics is not None:
+                self.metrics.scan_failed()
             asyncio.get_running_loop().call_later(
                 self.config.delivery.retry_initial, self._rescan_later, message_id
             )
@@ -495,7 +505,10 @@ class Relay:
         while True:
             try:
                 self._pressure.free_disk = await asyncio.to_thread(self.store.free_disk_bytes)
-                self._pressure.active = (await self.store.counts()).active
+                counts = await self.store.counts()
+                self._pressure.active = counts.active
+                if self.metrics is not None:
+                    await self.metrics.refresh(self.store, counts, self._pressure.free_disk)
             except Exception as exc:
                 log.error("pressure.check_failed", error=type(exc).__name__)
             await asyncio.sleep(_PRESSURE_REFRESH)
@@ -545,11 +558,12 @@ class RelayService:
         self.config_path = config_path
         self.overrides = overrides
         self.config = config
-        # The spool key is read once, here: a new key takes effect at restart, not on SIGHUP.
-        self.store = open_store(
-            config.store.backend, config.store.data_dir, cipher=spool_cipher(config.store)
-        )
+        # The spool key (and DSN file) is read once, here: a new one takes effect at
+        # restart, not on SIGHUP.
+        self.store = open_configured_store(config.store)
         self.upstream = Upstream(config.upstream, config.server.hostname)
+        # Only a relay that serves its metrics pays for counting them.
+        self.metrics = RelayMetrics() if config.metrics.listen is not None else None
         self.queue = DeliveryQueue(
             self.store,
             self.upstream,
@@ -558,6 +572,7 @@ class RelayService:
             workers=config.upstream.max_connections,
             routes=_routes(config),
             tls_route=config.policy.tls_route,
+            metrics=self.metrics,
         )
         self.config_routes = config.policy.routes
         self.parser = ParsePool(
@@ -566,11 +581,19 @@ class RelayService:
             config.parse.worker_memory,
             reader=functools.partial(read_message, settings=config.detect),
             unreadable=unreadable_reading,
+            worker_setup=functools.partial(configure_logging, config.logging),
         )
-        self.relay = Relay(config, self.store, self.queue, self.parser, Decider.from_config(config))
+        self.relay = Relay(
+            config, self.store, self.queue, self.parser, Decider.from_config(config), self.metrics
+        )
         self.review_clock = ReviewClock(self.store, config)
         self.listener = Listener(self.relay, listener_settings(config.server))
         self.address: tuple[str, int] | None = None
+        self.metrics_server: MetricsServer | None = None
+        self.metrics_address: tuple[str, int] | None = None
+        if self.metrics is not None:
+            self.metrics.watch_sessions(self.listener.registry.sessions)
+            self.listener.registry.on_reply = self.metrics.replied
         self._stop = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
 
@@ -599,6 +622,7 @@ class RelayService:
         self._background.append(asyncio.create_task(self._run_review_clock()))
         head = await self.store.audit_head()
         log.info("audit.head", entries=head[0], hash=head[1])
+        await self._start_metrics()
         listen = self.config.server.listen
         self.address = await self.listener.start(listen.host, listen.port)
         log.info(
@@ -612,6 +636,16 @@ class RelayService:
         )
         _notify_systemd("READY=1")
         return self.address
+
+    async def _start_metrics(self) -> None:
+        """Bound before the listener, so a port in use stops the start, not the scrapes."""
+        endpoint = self.config.metrics.listen
+        if self.metrics is None or endpoint is None:
+            return
+        health = HealthCheck(self.store, lambda: self.upstream.config)
+        self.metrics_server = MetricsServer(self.metrics, health)
+        self.metrics_address = await self.metrics_server.start(endpoint.host, endpoint.port)
+        log.info("metrics.listening", host=self.metrics_address[0], port=self.metrics_address[1])
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -641,6 +675,7 @@ class RelayService:
                 ("server.listen", self.config.server.listen, new.server.listen),
                 ("store", self.config.store.data_dir, new.store.data_dir),
                 ("store.encryption", self.config.store.encryption, new.store.encryption),
+                ("metrics.listen", self.config.metrics.listen, new.metrics.listen),
             )
             if old != now
         ]
@@ -687,6 +722,8 @@ class RelayService:
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
         await self.upstream.close()
         for route in self.queue.routes.values():
             await route.close()

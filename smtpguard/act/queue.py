@@ -19,6 +19,7 @@ import socket
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -38,6 +39,9 @@ from smtpguard.spool import (
     message_state_of,
     new_message_id,
 )
+
+if TYPE_CHECKING:
+    from smtpguard.metrics import RelayMetrics
 
 log = structlog.get_logger("smtpguard.act")
 
@@ -152,9 +156,11 @@ class DeliveryQueue:
         workers: int,
         routes: Mapping[str, Upstream] | None = None,
         tls_route: str | None = None,
+        metrics: RelayMetrics | None = None,
     ) -> None:
         self.store = store
         self.upstream = upstream
+        self.metrics = metrics
         # Named next hops (`route` verdicts) and the one that enforces verified TLS
         # onward (`require_tls` when the upstream itself is not verified TLS).
         self.routes: Mapping[str, Upstream] = routes or {}
@@ -269,7 +275,10 @@ class DeliveryQueue:
         """One transaction for the recipients that share their delivery instructions."""
         hop, unavailable = self._hop(instructions)
         if hop is None:
-            return [RecipientOutcome(a, RecipientState.HELD, unavailable) for a in recipients]
+            held = [RecipientOutcome(a, RecipientState.HELD, unavailable) for a in recipients]
+            if self.metrics is not None:
+                self.metrics.delivered(self._route_label(instructions, hop), held, None)
+            return held
         transaction = Transaction(
             sender=record.envelope.sender,
             recipients=recipients,
@@ -277,7 +286,20 @@ class DeliveryQueue:
             smtputf8=record.envelope.smtputf8,
             body_8bit=record.envelope.body_8bit,
         )
-        return await hop.deliver(transaction)
+        started = time.monotonic()
+        outcomes = await hop.deliver(transaction)
+        if self.metrics is not None:
+            seconds = time.monotonic() - started
+            self.metrics.delivered(self._route_label(instructions, hop), outcomes, seconds)
+        return outcomes
+
+    def _route_label(self, instructions: Instructions, hop: Upstream | None) -> str:
+        """The configured name of the hop a copy goes (or would go) through, for metrics."""
+        if instructions.route:
+            return instructions.route
+        if hop is self.upstream or self.tls_route is None:
+            return "upstream"
+        return self.tls_route
 
     def _hop(self, instructions: Instructions) -> tuple[Upstream | None, str]:
         """The next hop these instructions allow, or why there is none (the copy is held)."""
@@ -330,6 +352,12 @@ class DeliveryQueue:
         ]
         content = await self.store.content(record.id)
         await self.store.record_attempt(record.id, outcomes, MessageState.EXPIRED, None)
+        if self.metrics is not None:
+            told = {r.address: r.instructions for r in record.recipients}
+            for outcome in outcomes:
+                instructions = told.get(outcome.address, Instructions())
+                route = self._route_label(instructions, self._hop(instructions)[0])
+                self.metrics.delivered(route, [outcome], None)
         log.warning(
             "message.expired",
             id=record.id,

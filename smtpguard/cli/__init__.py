@@ -1,4 +1,5 @@
-"""`smtpguard` command line: serve, scan, check-config, queue, quarantine, audit, edm, spool."""
+"""`smtpguard` command line: serve, scan, check-config, queue, stats, quarantine, audit, edm,
+spool."""
 
 from __future__ import annotations
 
@@ -46,6 +47,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_dir(serve)
     serve.add_argument("--mode", choices=["after-queue", "before-queue"])
 
+    demo = commands.add_parser(
+        "demo", help="send the example council's breach scenarios through a local relay"
+    )
+    _add_config(demo)
+    demo.add_argument(
+        "--data-dir", type=Path, default=Path("demo-data"), help="where the demo's store is left"
+    )
+    demo.add_argument(
+        "--keep-running", action="store_true", help="keep the relay running after the scenarios"
+    )
+
     check = commands.add_parser("check-config", help="validate the configuration")
     _add_config(check)
 
@@ -72,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
         _add_config(sub)
         _add_data_dir(sub)
     queue_list.add_argument("--json", action="store_true", help="print JSON")
+
+    stats = commands.add_parser(
+        "stats", help="the relay at a glance: queue, holds, recent outcomes"
+    )
+    _add_config(stats)
+    _add_data_dir(stats)
+    stats.add_argument("--json", action="store_true", help="print one JSON object")
 
     from smtpguard.cli.edm import add_arguments as add_edm_arguments
 
@@ -107,6 +126,17 @@ def _serve(args: argparse.Namespace) -> int:
         listen=args.listen, upstream=args.upstream, data_dir=args.data_dir, mode=args.mode
     )
     return run_relay(args.config or default_config_path(), overrides)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from smtpguard.demo import run_demo
+
+    source = args.config or default_config_path()
+    _load(args)  # the example must be valid before anything starts
+    try:
+        return run_demo(source, args.data_dir, keep_running=args.keep_running)
+    except KeyboardInterrupt:
+        return EXIT_OK
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -210,6 +240,13 @@ def _queue(args: argparse.Namespace) -> int:
     return asyncio.run(flush_queue(config))
 
 
+def _stats(args: argparse.Namespace) -> int:
+    from smtpguard.cli.stats import show_stats
+
+    config = _load(args, Overrides(data_dir=args.data_dir))
+    return asyncio.run(show_stats(config, as_json=args.json))
+
+
 def _edm(args: argparse.Namespace) -> int:
     from smtpguard.cli.edm import run_edm
 
@@ -246,8 +283,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {
         "serve": _serve,
         "check-config": _check_config,
+        "demo": _demo,
         "scan": _scan,
         "queue": _queue,
+        "stats": _stats,
         "edm": _edm,
         "quarantine": _quarantine,
         "audit": _audit,

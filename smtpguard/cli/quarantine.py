@@ -25,8 +25,7 @@ from smtpguard.config.staff import load_staff
 from smtpguard.review.audit import verify_chain
 from smtpguard.review.quarantine import Held, HoldFilter, Quarantine
 from smtpguard.review.reviewers import Reviewer, ReviewRefused, invoking_login, reviewer_for
-from smtpguard.spool import RecipientState, ReviewConflict, Store, open_store
-from smtpguard.spool.cipher import spool_cipher
+from smtpguard.spool import RecipientState, ReviewConflict, Store, open_configured_store
 
 EXIT_OK = 0
 EXIT_REFUSED = 1  # the action was refused or failed; the message says why
@@ -140,9 +139,7 @@ def _reviewer(config: Config) -> Reviewer:
 
 
 async def _with_store(config: Config, work: Callable[[Store], Awaitable[int]]) -> int:
-    store = open_store(
-        config.store.backend, config.store.data_dir, cipher=spool_cipher(config.store)
-    )
+    store = open_configured_store(config.store)
     await store.open()
     try:
         return await work(store)
@@ -219,7 +216,7 @@ async def _list(desk: Quarantine, args: argparse.Namespace) -> int:
     now = time.time()
     table = Table(title=f"Quarantine: {len(found)} message(s) waiting")
     table.add_column("id", no_wrap=True, min_width=21)
-    for column in ("age", "sender", "waiting copies", "approvals", "rules", "expires"):
+    for column in ("age", "sender", "waiting copies", "approvals", "held by", "expires"):
         table.add_column(column, overflow="fold")
     for held in found:
         copies = [c for c in _copies(held) if c["state"] in ("held", "delayed", "release failed")]
@@ -240,11 +237,17 @@ async def _list(desk: Quarantine, args: argparse.Namespace) -> int:
                 for c in copies
             ),
             "\n".join(_approval_count(c) for c in copies),
-            ", ".join(held.review.rules()) if held.review else "-",
+            "\n".join(held.review.deciding_rules()) if held.review else "-",
             expires,
         )
-    Console().print(table)
+    _console().print(table)
     return EXIT_OK
+
+
+def _console() -> Console:
+    """Rich's own width on a terminal; piped into a file or a mail, one row per line."""
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
 
 
 def _approval_count(copy: dict[str, Any]) -> str:
@@ -281,7 +284,7 @@ async def _show(desk: Quarantine, reviewer: Reviewer, args: argparse.Namespace) 
 
 
 def _print_show(shown: dict[str, Any]) -> None:
-    console = Console()
+    console = _console()
     console.print(f"[bold]Message {shown['id']}[/bold] ({shown['state']})")
     console.print(f"  from {shown['sender']} (client {shown['client']}), {shown['size']} bytes")
     console.print(
@@ -303,7 +306,7 @@ def _print_show(shown: dict[str, Any]) -> None:
             console.print(f"    [{', '.join(verdict['classes'] + verdict['facts'])}]", markup=False)
         for rule in verdict.get("rules", []):
             console.print(
-                f"    {rule['name']} ({rule['severity']}): {rule['explanation']}", markup=False
+                f"    {rule['explanation']}", markup=False  # it starts with the rule's name
             )
         for approval in copy["approvals"]:
             console.print(

@@ -9,8 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from smtpguard.config import Config
-from smtpguard.spool import MessageState, open_store
-from smtpguard.spool.cipher import spool_cipher
+from smtpguard.spool import MessageState, open_configured_store
 
 QUEUE_STATES = (
     MessageState.RECEIVED,
@@ -34,9 +33,7 @@ def _age(seconds: float) -> str:
 
 
 async def list_queue(config: Config, *, as_json: bool) -> int:
-    store = open_store(
-        config.store.backend, config.store.data_dir, cipher=spool_cipher(config.store)
-    )
+    store = open_configured_store(config.store)
     await store.open()
     try:
         records = await store.messages(QUEUE_STATES)
@@ -91,9 +88,7 @@ async def list_queue(config: Config, *, as_json: bool) -> int:
 
 
 async def flush_queue(config: Config) -> int:
-    store = open_store(
-        config.store.backend, config.store.data_dir, cipher=spool_cipher(config.store)
-    )
+    store = open_configured_store(config.store)
     await store.open()
     try:
         count = await store.retry_now(time.time())

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from smtpguard.config.model import Config
     from smtpguard.spool.files import SpoolFolder
 
 AddOption = Callable[[argparse.ArgumentParser], None]
@@ -72,6 +73,8 @@ def _rekey(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_ERROR
+    if config.store.backend == "postgresql":
+        return _rekey_database(config, cipher.key_id)
     folder_path = config.store.data_dir / "spool"
     if not folder_path.is_dir():
         print(f"{folder_path}: no spool folder (check --data-dir)", file=sys.stderr)
@@ -99,6 +102,37 @@ def _rekey(args: argparse.Namespace) -> int:
     else:
         print(f"every spool file is under key {cipher.key_id}: older keys are no longer needed")
     return EXIT_ERROR if failed else EXIT_OK
+
+
+def _rekey_database(config: Config, key: str) -> int:
+    """With PostgreSQL the message bytes are rows, not files: rewrite those rows."""
+    import asyncio
+
+    from smtpguard.cli import EXIT_ERROR, EXIT_OK
+    from smtpguard.spool import open_configured_store
+    from smtpguard.spool.postgres import PostgresStore, Rekeying
+
+    async def rekey() -> Rekeying:
+        store = open_configured_store(config.store)
+        assert isinstance(store, PostgresStore)
+        await store.open()
+        try:
+            return await store.rekey()
+        finally:
+            await store.close()
+
+    done = asyncio.run(rekey())
+    for problem in done.failed:
+        print(f"not rewritten: {problem}", file=sys.stderr)
+    print(
+        f"rewrote {done.rewritten} stored messages under key {key}; "
+        f"{done.current} were already under it"
+    )
+    if done.remaining:
+        print(f"{done.remaining} stored messages are still not under key {key}")
+    else:
+        print(f"every stored message is under key {key}: older keys are no longer needed")
+    return EXIT_ERROR if done.failed else EXIT_OK
 
 
 def _reason(exc: Exception) -> str:

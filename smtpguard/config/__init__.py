@@ -180,6 +180,7 @@ _FILE_SETTINGS = (
     ("server", "tls", "key"),
     ("detect", "edm", "key_file"),
     ("store", "encryption", "key_file"),
+    ("store", "dsn_file"),
     ("council", "domains"),
     ("council", "staff"),
     ("policy", "file"),
@@ -241,7 +242,11 @@ def _with_resolved_paths(config: Config, base: Path) -> Config:
             }
         )
     store = config.store.model_copy(
-        update={"data_dir": _resolve(base, config.store.data_dir), "encryption": encryption}
+        update={
+            "data_dir": _resolve(base, config.store.data_dir),
+            "encryption": encryption,
+            "dsn_file": config.store.dsn_file and _resolve(base, config.store.dsn_file),
+        }
     )
     detect = config.detect
     detect = detect.model_copy(

@@ -12,7 +12,15 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from smtpguard.parse.model import Limits
 
@@ -163,11 +171,26 @@ class SpoolEncryptionConfig(_Section):
 
 
 class StoreConfig(_Section):
-    backend: Literal["sqlite"] = "sqlite"
+    """Where messages are kept: SQLite beside a spool folder (one relay), or PostgreSQL
+    (several relays sharing one database; message bytes in the database too)."""
+
+    backend: Literal["sqlite", "postgresql"] = "sqlite"
     data_dir: Path = Path("/var/lib/smtpguard")
+    # PostgreSQL: a libpq URL (postgresql://user@host:5432/db), or a file holding one, so
+    # that a password stays out of the config. repr=False: never printed with the config.
+    dsn: str | None = Field(default=None, repr=False)
+    dsn_file: Path | None = None
     min_free_disk: Size = 512 * 1024**2
     max_queue: Count = Field(default=50_000, ge=1)
     encryption: SpoolEncryptionConfig | None = None
+
+    @model_validator(mode="after")
+    def _postgresql_needs_a_dsn(self) -> StoreConfig:
+        if self.dsn is not None and self.dsn_file is not None:
+            raise ValueError("give dsn or dsn_file, not both")
+        if self.backend == "postgresql" and self.dsn is None and self.dsn_file is None:
+            raise ValueError("backend postgresql needs dsn (a libpq URL) or dsn_file")
+        return self
 
 
 class ParseConfig(_Section):
@@ -369,6 +392,52 @@ class ReviewConfig(_Section):
         return self
 
 
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name other than localhost may resolve anywhere
+
+
+def _loopback_port(value: object) -> object:
+    """A bare port (`9125`, `":9125"`) means that port on loopback."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return HostPort(host="127.0.0.1", port=value)
+    if isinstance(value, str) and re.fullmatch(r"\s*:?\d+\s*", value):
+        return HostPort(host="127.0.0.1", port=int(value.strip().lstrip(":")))
+    return value
+
+
+class MetricsConfig(_Section):
+    """Prometheus `/metrics` and a `/healthz` check over HTTP, off unless `listen` is set.
+
+    The page has no authentication and tells anyone who can read it how much
+    sensitive mail the council sends, so it listens on loopback unless
+    `allow_remote` says otherwise (put a scraper or a TLS proxy beside it).
+    """
+
+    # Declared first: the check on `listen` reads it.
+    allow_remote: bool = False
+    listen: Endpoint | None = None
+
+    @field_validator("listen", mode="before")
+    @classmethod
+    def _bare_port(cls, value: object) -> object:
+        return _loopback_port(value)
+
+    @field_validator("listen")
+    @classmethod
+    def _loopback_unless_allowed(cls, value: HostPort | None, info: ValidationInfo) -> object:
+        if value is not None and not info.data.get("allow_remote") and not _is_loopback(value.host):
+            raise ValueError(
+                f"{value} is not a loopback address: metrics have no authentication;"
+                " set allow_remote: true to listen there anyway"
+            )
+        return value
+
+
 class LoggingConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -384,4 +453,5 @@ class Config(_Section):
     council: CouncilConfig = CouncilConfig()
     policy: PolicyConfig = PolicyConfig()
     review: ReviewConfig = ReviewConfig()
+    metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()

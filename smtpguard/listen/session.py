@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +45,8 @@ class SessionRegistry:
     sessions: set[GuardSMTP] = field(default_factory=set)
     draining: bool = False
     all_closed: asyncio.Event = field(default_factory=asyncio.Event)
+    # Told of every reply line sent (for the metrics' reply counts); None: nobody counts.
+    on_reply: Callable[[str], None] | None = None
 
     def add(self, session: GuardSMTP) -> None:
         self.sessions.add(session)
@@ -102,6 +105,8 @@ class GuardSMTP(SMTP):
             if refusal is not None:
                 self._refused = True
                 self.event_handler.session_refused(peer, refusal)
+                if self.registry.on_reply is not None:
+                    self.registry.on_reply(refusal)
                 _write_and_close(transport, refusal)
                 return
             self.registry.add(self)
@@ -126,6 +131,8 @@ class GuardSMTP(SMTP):
 
     def close_with(self, reply: str) -> None:
         if self.transport is not None:
+            if self.registry.on_reply is not None:
+                self.registry.on_reply(reply)
             _write_and_close(self.transport, reply)
 
     def current(self) -> tuple[Session, Envelope]:
@@ -145,10 +152,14 @@ class GuardSMTP(SMTP):
     # -- replies ----------------------------------------------------------
 
     async def push(self, status: str) -> None:  # type: ignore[override]
+        if self.registry.on_reply is not None:
+            self.registry.on_reply(status)
         await super().push(with_enhanced_code(status))
 
     async def _push_lines(self, lines: list[str]) -> None:
         """Multi-line replies that must not carry enhanced codes (EHLO)."""
+        if lines and self.registry.on_reply is not None:
+            self.registry.on_reply(lines[-1])
         for line in lines:
             self._writer.write(line.encode() + b"\r\n")
         await self._writer.drain()

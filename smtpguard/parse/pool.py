@@ -32,10 +32,13 @@ def kill_after(limits: Limits) -> float:
     return limits.message_seconds * 1.2 + 1.0
 
 
-def _limit_worker_memory(max_bytes: int) -> None:
-    """Runs in each new worker: a hostile file gets MemoryError, not the machine."""
+def _start_worker(max_bytes: int, setup: Callable[[], None] | None) -> None:
+    """Runs in each new worker: a hostile file gets MemoryError, not the machine; and
+    `setup` (the relay's logging) runs, since a forkserver child inherits none of it."""
     if max_bytes > 0:
         resource.setrlimit(resource.RLIMIT_AS, (max_bytes, max_bytes))
+    if setup is not None:
+        setup()
 
 
 def unreadable_message(reason: str, size: int) -> Document:
@@ -68,17 +71,19 @@ class ParsePool(Generic[Result]):
         worker_memory: int,
         reader: Callable[[bytes, Limits], Result],
         unreadable: Callable[[str, int], Result],
+        worker_setup: Callable[[], None] | None = None,
     ) -> None:
         """`reader` runs in the workers (parse_message, or parse and detect together);
-        `unreadable(reason, size)` stands for a message no worker could read."""
+        `unreadable(reason, size)` stands for a message no worker could read;
+        `worker_setup` (picklable) runs once in each new worker."""
         self.limits = limits
         self.reader = reader  # replaced on reload, with the new config's detectors
         self._unreadable = unreadable
         self._pool = ProcessPool(
             max_workers=workers,
             max_tasks=500,  # recycle workers now and then: parsers can leak
-            initializer=_limit_worker_memory,
-            initargs=(worker_memory,),
+            initializer=_start_worker,
+            initargs=(worker_memory, worker_setup),
             context=multiprocessing.get_context("forkserver"),
         )
 

@@ -26,6 +26,7 @@ class RuleShown:
     name: str
     severity: str
     explanation: str
+    action: str = ""  # the rule's own action: the copy's action if this rule decided it
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,12 @@ class ReviewRecord:
                     "classes": list(r.classes),
                     "facts": list(r.facts),
                     "rules": [
-                        {"name": x.name, "severity": x.severity, "explanation": x.explanation}
+                        {
+                            "name": x.name,
+                            "action": x.action,
+                            "severity": x.severity,
+                            "explanation": x.explanation,
+                        }
                         for x in r.rules
                     ],
                 }
@@ -135,7 +141,8 @@ class ReviewRecord:
                     classes=tuple(r["classes"]),
                     facts=tuple(r["facts"]),
                     rules=tuple(
-                        RuleShown(x["name"], x["severity"], x["explanation"]) for x in r["rules"]
+                        RuleShown(x["name"], x["severity"], x["explanation"], x.get("action", ""))
+                        for x in r["rules"]
                     ),
                 )
                 for address, r in data["recipients"].items()
@@ -145,6 +152,17 @@ class ReviewRecord:
     def rules(self) -> tuple[str, ...]:
         """Every rule that fired for any recipient, each once."""
         return tuple(dict.fromkeys(rule.name for r in self.recipients.values() for rule in r.rules))
+
+    def deciding_rules(self) -> tuple[str, ...]:
+        """The rules that held, delayed or refused a copy (not those that only rode along)."""
+        return tuple(
+            dict.fromkeys(
+                rule.name
+                for r in self.recipients.values()
+                for rule in r.rules
+                if r.action != "pass" and rule.action == r.action
+            )
+        )
 
 
 def finding_json(finding: Finding) -> dict[str, Any]:
@@ -169,6 +187,7 @@ def _shown(verdict: RecipientVerdict) -> RecipientShown:
         classes=verdict.classes,
         facts=verdict.facts,
         rules=tuple(
-            RuleShown(rule.name, rule.severity.label, rule.explanation) for rule in verdict.fired
+            RuleShown(rule.name, rule.severity.label, rule.explanation, rule.action.value)
+            for rule in verdict.fired
         ),
     )

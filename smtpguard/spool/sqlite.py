@@ -469,6 +469,18 @@ class SQLiteStore(Store):
     async def counts(self) -> QueueCounts:
         return await self._run(self._counts)
 
+    def _recipient_activity(self, since: float) -> dict[RecipientState, int]:
+        rows = self._db.execute(
+            "SELECT r.state, count(*) FROM recipients r JOIN messages m ON m.id = r.message_id"
+            " WHERE r.updated_at >= ? AND m.origin = ? GROUP BY r.state",
+            (since, Origin.RELAY.value),
+        )
+        return {RecipientState(state): n for state, n in rows}
+
+    async def recipient_activity(self, since: float) -> dict[RecipientState, int] | None:
+        # No index on updated_at: a scan of the recipients table, fine for a command.
+        return await self._run(self._recipient_activity, since)
+
     def free_disk_bytes(self) -> int:
         return self.spool.free_bytes()
 

@@ -146,6 +146,13 @@ class Store(abc.ABC):
     async def retry_now(self, now: float) -> int:
         """Make every deferred message due now; returns how many."""
 
+    async def recipient_activity(self, since: float) -> dict[RecipientState, int] | None:
+        """Copies of relayed mail (not notices) by state, among those whose state last
+        changed at or after `since`: for `smtpguard stats`. Read-only. None: this
+        backend cannot tell (the default, so a backend need not implement it).
+        """
+        return None
+
     # -- review ---------------------------------------------------------------
 
     @abc.abstractmethod

@@ -26,6 +26,7 @@ from smtpguard.detect.detectors import (
     postcode,
 )
 from smtpguard.detect.detectors import nhs_number as nhs
+from smtpguard.detect.registry import default_detectors
 
 DETECTORS: dict[str, Detector] = {
     "nhs_number": nhs.DETECTOR,
@@ -594,3 +595,17 @@ def test_when_not_a_date_of_birth_column_then_nothing(table: str) -> None:
     from smtpguard.detect.detectors.date_of_birth import COLUMN_DETECTOR
 
     assert COLUMN_DETECTOR.scan(table) == []
+
+
+@pytest.mark.parametrize(
+    ("detector", "row"),
+    [
+        ("nhs_number", "Amelia Hart,14/03/2015,943 476 5919,NS4 7QJ"),
+        ("nhs_number", "12,943 476 5919,2015"),
+        ("chi_number", "Leo Brennan,CHI,1205980016,Glasgow"),
+    ],
+)
+def test_an_identifier_between_commas_in_a_csv_row_is_found(detector: str, row: str) -> None:
+    # Caseload exports are CSV: a field before or after the number is not part of it.
+    [found] = [d for d in default_detectors() if d.name == detector]
+    assert len(found.scan(row)) == 1

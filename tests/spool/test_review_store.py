@@ -2,7 +2,8 @@
 
 Two store objects on one data folder stand for the relay and a reviewer's
 command (or two reviewers' commands): separate connections, real SQLite
-locking, as two processes would have.
+locking, as two processes would have. On PostgreSQL (tests/spool/conftest.py)
+they are two connection pools on one database, as two relay instances are.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from smtpguard.spool import (
     RecipientState,
     ReviewConflict,
     Store,
-    open_store,
 )
-from tests.spool.test_sqlite_store import accept, data_dir, make_envelope
+from tests.spool.conftest import StoreFactory
+from tests.spool.test_sqlite_store import accept, data_dir, has_content, make_envelope, on_sqlite
 
 HELD = RecipientState.HELD
 TWO = ("one@partner.example", "two@nhs.net")
@@ -34,9 +35,9 @@ def two_distinct(recipient: str, so_far: Sequence[Approval]) -> bool:
 
 
 @pytest.fixture
-async def stores(tmp_path: Path) -> AsyncIterator[tuple[Store, Store]]:
-    first = open_store("sqlite", data_dir(tmp_path))
-    second = open_store("sqlite", data_dir(tmp_path))
+async def stores(new_store: StoreFactory) -> AsyncIterator[tuple[Store, Store]]:
+    first = new_store()
+    second = new_store()
     await first.open()
     await second.open()
     yield first, second
@@ -106,9 +107,11 @@ async def test_refusing_the_last_held_copy_finishes_the_message_and_removes_its_
     message_id = await held_message(relay)
     spool = data_dir(tmp_path) / "spool" / f"{message_id}.eml"
     after = await reviewer.finish_held(message_id, [TWO[0]], RecipientState.REJECTED, "no")
-    assert after.state is MessageState.HELD and spool.exists()
+    assert after.state is MessageState.HELD and await has_content(relay, message_id)
+    assert spool.exists() or not on_sqlite(relay)
     after = await reviewer.finish_held(message_id, [TWO[1]], RecipientState.REJECTED, "no")
-    assert after.state is MessageState.REJECTED and not spool.exists()
+    assert after.state is MessageState.REJECTED and not await has_content(relay, message_id)
+    assert not spool.exists()
     assert [r.last_reply for r in after.recipients] == ["no", "no"]
 
 

@@ -17,11 +17,12 @@ from smtpguard.detect.detectors.payment_card import luhn_ok
 
 _SEP = r"(?:-|[ \t]*\r?\n[ \t]*|[ \t]{0,2})"
 
-# Written as ten digits, DDMMYY NNNN, or 3-3-4 like an NHS number.
+# Written as ten digits, DDMMYY NNNN, or 3-3-4 like an NHS number. A comma is a
+# field separator (a CSV export), not part of the number, as for NHS numbers.
 _NUMBER = re.compile(
-    rf"[0-3](?<![\d+]\d)(?<!\d[ \-.,/]\d)"
+    rf"[0-3](?<![\d+]\d)(?<!\d[ \-./]\d)"
     rf"(?:(\d{{5}}){_SEP}(\d{{4}})|(\d\d){_SEP}(\d{{3}}){_SEP}(\d{{4}}))"
-    r"(?![ \-.,/]?\d)"
+    r"(?![ \-./]?\d)"
 )
 _CONTEXT = re.compile(r"\bCHI\b|(?i:community\s+health\s+index)")
 _CONTEXT_WINDOW = 40

@@ -17,9 +17,10 @@ _SEP = r"(?:-|[ \t]*\r?\n[ \t]*|[ \t]{0,2})"
 
 # The first digit is matched before the lookbehind so `re` can skip quickly to
 # digits; the lookbehind then refuses a start inside a longer number
-# ("+44 ...", "12 943 ...", "1.943...").
+# ("+44 ...", "12 943 ...", "1.943..."). A comma is a field separator, not part of
+# a number: "14/03/2015,943 476 5919,NS4 7QJ" is a caseload export's row.
 _NUMBER = re.compile(
-    rf"[1-9](?<![\d+]\d)(?<!\d[ \-.,/]\d)(\d\d){_SEP}(\d{{3}}){_SEP}(\d{{4}})(?![ \-.,/]?\d)"
+    rf"[1-9](?<![\d+]\d)(?<!\d[ \-./]\d)(\d\d){_SEP}(\d{{3}}){_SEP}(\d{{4}})(?![ \-./]?\d)"
 )
 _CONTEXT = re.compile(r"(?i:\bnhs\b|\bh\s?&\s?c\b)|\bCHI\b")
 # Words that say the digits are something else: still reported, but low.
