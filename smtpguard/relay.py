@@ -674,6 +674,9 @@ class RelayService:
             for name, old, now in (
                 ("server.listen", self.config.server.listen, new.server.listen),
                 ("store", self.config.store.data_dir, new.store.data_dir),
+                ("store.backend", self.config.store.backend, new.store.backend),
+                ("store.dsn", self.config.store.dsn, new.store.dsn),
+                ("store.dsn_file", self.config.store.dsn_file, new.store.dsn_file),
                 ("store.encryption", self.config.store.encryption, new.store.encryption),
                 ("metrics.listen", self.config.metrics.listen, new.metrics.listen),
             )
