@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,9 +103,26 @@ def default_detectors() -> tuple[Detector, ...]:
     return (*_identifiers_and_markings(), case_reference.DETECTOR, keywords.load_default())
 
 
+# How long a built set is used before its files are looked at again: a changed
+# dictionary or register is picked up within this time, without a stat() of every
+# file for every message.
+_RECHECK_SECONDS = 1.0
+# id(settings) -> (settings, when its files were last looked at, the set): the
+# settings object is kept so that its id is not reused while it is cached.
+_recent: dict[int, tuple[DetectConfig, float, DetectorSet]] = {}
+
+
 def configured_detectors(settings: DetectConfig) -> DetectorSet:
     """The set `settings` asks for, rebuilt only when it or one of its files changed."""
-    return _build(settings.model_dump_json(), _stamps(_files_of(settings)))
+    now = time.monotonic()
+    cached = _recent.get(id(settings))
+    if cached is not None and cached[0] is settings and now - cached[1] < _RECHECK_SECONDS:
+        return cached[2]
+    built = _build(settings.model_dump_json(), _stamps(_files_of(settings)))
+    if len(_recent) > 8:
+        _recent.clear()  # configs come and go on reload; a few are live at a time
+    _recent[id(settings)] = (settings, now, built)
+    return built
 
 
 def _files_of(settings: DetectConfig) -> list[Path]:

@@ -11,7 +11,7 @@ import pytest
 
 from smtpguard.config import ConfigError, load_config
 from smtpguard.config.model import DetectConfig
-from smtpguard.detect import Confidence, detect_findings, detect_message, findings_with
+from smtpguard.detect import Confidence, detect_findings, detect_message, findings_with, registry
 from smtpguard.detect.detectors.nhs_number import nhs_check_digit_ok
 from smtpguard.detect.registry import configured_detectors
 from smtpguard.parse import Document, Part
@@ -130,13 +130,18 @@ def test_configured_keyword_dictionary(tmp_path: Path) -> None:
     assert finding.excerpt == "keyword (housing): eviction notice"
 
 
-def test_a_changed_dictionary_is_read_again(tmp_path: Path) -> None:
+def test_a_changed_dictionary_is_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     dictionary = tmp_path / "housing.yaml"
     dictionary.write_text("theme: housing\nterms:\n  - {term: eviction, standalone: true}\n")
     settings = DetectConfig(keywords=(dictionary,))
     first = configured_detectors(settings)
     assert configured_detectors(settings) is first
     dictionary.write_text("theme: housing\nterms:\n  - {term: arrears, standalone: true}\n")
+    # Within a second the built set is used as it is; after it, the file is looked at.
+    assert configured_detectors(settings) is first
+    monkeypatch.setattr(registry, "_RECHECK_SECONDS", 0.0)
     found = findings_with(_document("rent arrears"), settings)
     assert [f.excerpt for f in found] == ["keyword (housing): arrears"]
 

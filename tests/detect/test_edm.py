@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from smtpguard.cli import main
 from smtpguard.config import ConfigError, load_config
 from smtpguard.config.model import DetectConfig, EdmConfig
-from smtpguard.detect import detect_findings, detect_message
+from smtpguard.detect import detect_findings, detect_message, registry
 from smtpguard.detect.base import Confidence, Hit
 from smtpguard.detect.edm import (
     KINDS,
@@ -1056,7 +1056,10 @@ def test_when_edm_section_incomplete_then_config_says_what_is_missing(
     assert reason in str(caught.value)
 
 
-def test_when_an_export_changes_then_the_detectors_are_built_again(tmp_path: Path) -> None:
+def test_when_an_export_changes_then_the_detectors_are_built_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(registry, "_RECHECK_SECONDS", 0.0)
     exports = copy_exports(tmp_path)
     settings = DetectConfig(edm=EdmConfig(exports={"cases": (exports["cases"],)}))
     before = configured_detectors(settings)

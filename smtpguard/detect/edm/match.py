@@ -66,6 +66,7 @@ from smtpguard.detect.edm.normalise import (
 from smtpguard.detect.edm.register import MAX_WINDOW, Register
 
 # Bounds on the per-process caches: memory stays flat however much mail passes.
+_PARTIES_REMEMBERED = 10_000  # recipient addresses (see recipient_parties)
 _CHUNK_CACHE = 200_000
 _TOKEN_CACHE = 200_000
 _FORM_CACHE = 50_000
@@ -429,6 +430,7 @@ class PersonDetector:
         self._ordered: set[bytes] = set()
         self._records: dict[bytes, list[_PersonEntry]] = {}
         self._mail: dict[bytes, list[_PersonEntry]] = {}
+        self._parties_of: dict[str, tuple[str, ...]] = {}  # see recipient_parties
         self._keyed = keyed
         lengths: set[int] = set()
         for register in registers:
@@ -545,9 +547,20 @@ class PersonDetector:
         return value.removesuffix(":dob")
 
     def recipient_parties(self, address: str) -> tuple[str, ...]:
-        """Values of the parties registered with this email address (any case), for recipients."""
-        digest = self._keyed.value(Keyed.MAIL, address.strip().casefold())
-        return tuple(entry.value(False) for entry in self._mail.get(digest, ()))
+        """Values of the parties registered with this email address (any case), for recipients.
+
+        Remembered per address (the registers never change under a detector), so
+        the council's usual correspondents cost one HMAC each, not one per message.
+        """
+        key = address.strip().casefold()
+        found = self._parties_of.get(key)
+        if found is None:
+            digest = self._keyed.value(Keyed.MAIL, key)
+            found = tuple(entry.value(False) for entry in self._mail.get(digest, ()))
+            if len(self._parties_of) >= _PARTIES_REMEMBERED:
+                self._parties_of.clear()
+            self._parties_of[key] = found
+        return found
 
 
 @dataclass(frozen=True, slots=True)
