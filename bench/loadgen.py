@@ -5,6 +5,9 @@ aiosmtplib. Each client task sends one message after another over its own
 connection (reconnecting after a connection error) and records, per message,
 the time from MAIL FROM to the 250 reply after DATA (one `SMTP.sendmail` call:
 MAIL, RCPT, DATA; the connection and EHLO are set up beforehand and not timed).
+The scenario is any name `messages.mix()` knows: message ``n`` of a phase is
+``mix.pick(n)`` with its own envelope, and accepted messages are also counted
+per template (``accepted_by``), so a harness knows how many a DLP relay holds.
 
 Two phases: a warm-up (not measured) and the measured phase, which runs either
 for a fixed duration or for a fixed total number of messages. All clients
@@ -31,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import aiosmtplib
-from messages import RECIPIENT, SENDER, MessageTemplate, template
+from messages import MessageMix, mix
 
 CLIENT_HOSTNAME = "loadgen.bench.test"
 MAX_MESSAGES_HARD_CAP = 5_000_000  # every send loop is bounded in count as well as time
@@ -63,6 +66,7 @@ class PhaseResult:
     rate: float = 0.0
     latency_ms: dict[str, float] = field(default_factory=dict)
     cpu_s: float = 0.0  # CPU time of the load generator during the phase
+    accepted_by: dict[str, int] = field(default_factory=dict)  # per template name
 
 
 @dataclass
@@ -157,6 +161,7 @@ class Phase:
         self.issued = 0
         self.latencies: list[float] = []
         self.errors: Counter[str] = Counter()
+        self.accepted_by: Counter[str] = Counter()
         self.deadline = 0.0
 
     def start(self) -> None:
@@ -173,7 +178,7 @@ class Phase:
         return self.issued
 
 
-async def client_loop(client: Client, phase: Phase, tmpl: MessageTemplate, tag: str) -> None:
+async def client_loop(client: Client, phase: Phase, mx: MessageMix, tag: str) -> None:
     """Send messages until the phase is over; bounded by tickets and the deadline."""
     perf = time.perf_counter
     while (n := phase.take_ticket()) is not None:
@@ -185,10 +190,11 @@ async def client_loop(client: Client, phase: Phase, tmpl: MessageTemplate, tag: 
             await client.pause_after_error()
             continue
         assert client.smtp is not None
+        tmpl = mx.pick(n)
         body = tmpl.render(n, tag)
         t0 = perf()
         try:
-            await client.smtp.sendmail(SENDER, [RECIPIENT], body)
+            await client.smtp.sendmail(tmpl.sender, list(tmpl.recipients), body)
         except aiosmtplib.SMTPResponseException as exc:
             # A refused transaction (4xx/5xx) leaves the session usable (sendmail sent RSET),
             # except 421 which closes it.
@@ -202,15 +208,14 @@ async def client_loop(client: Client, phase: Phase, tmpl: MessageTemplate, tag: 
             await client.pause_after_error()
         else:
             phase.latencies.append(perf() - t0)
+            phase.accepted_by[tmpl.name] += 1
 
 
-async def run_phase(
-    clients: list[Client], phase: Phase, tmpl: MessageTemplate, tag: str
-) -> PhaseResult:
+async def run_phase(clients: list[Client], phase: Phase, mx: MessageMix, tag: str) -> PhaseResult:
     cpu0 = time.process_time()
     phase.start()
     started = time.monotonic()
-    await asyncio.gather(*(client_loop(c, phase, tmpl, tag) for c in clients))
+    await asyncio.gather(*(client_loop(c, phase, mx, tag) for c in clients))
     ended = time.monotonic()
     wall = ended - started
     accepted = len(phase.latencies)
@@ -224,6 +229,7 @@ async def run_phase(
         rate=accepted / wall if wall > 0 else 0.0,
         latency_ms=summarise(phase.latencies),
         cpu_s=time.process_time() - cpu0,
+        accepted_by=dict(phase.accepted_by),
     )
 
 
@@ -235,7 +241,7 @@ async def run_load(
     cfg: LoadConfig, notify: Notify | None = None, wait_go: WaitGo | None = None
 ) -> LoadResult:
     """Connect the clients, run the warm-up, then the measured phase."""
-    tmpl = template(cfg.scenario)
+    mx = mix(cfg.scenario)
     clients = [Client(cfg) for _ in range(cfg.concurrency)]
     connect_errors: Counter[str] = Counter()
     results = await asyncio.gather(*(c.ensure_connected() for c in clients), return_exceptions=True)
@@ -246,7 +252,7 @@ async def run_load(
     tag = f"c{cfg.concurrency}-{int(time.time())}"
     try:
         warm = Phase("warmup", cfg, cfg.warmup, None)
-        warm_result = await run_phase(clients, warm, tmpl, tag + "-w")
+        warm_result = await run_phase(clients, warm, mx, tag + "-w")
         if notify:
             notify("warmup_done", asdict(warm_result))
         if wait_go:
@@ -254,14 +260,14 @@ async def run_load(
         measured = Phase("measured", cfg, cfg.duration, cfg.messages)
         if notify:
             notify("measure_start", time.monotonic())
-        measured_result = await run_phase(clients, measured, tmpl, tag + "-m")
+        measured_result = await run_phase(clients, measured, mx, tag + "-m")
         if notify:
             notify("measure_end", time.monotonic())
     finally:
         await asyncio.gather(*(c.quit() for c in clients))
     return LoadResult(
         scenario=cfg.scenario,
-        message_bytes=tmpl.size,
+        message_bytes=mx.size,
         concurrency=cfg.concurrency,
         connected=connected,
         warmup=warm_result,

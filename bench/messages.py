@@ -8,20 +8,35 @@ not its quarantine.
 
 Each scenario is a `MessageTemplate`; `render(n)` gives the bytes of message
 number ``n`` with a unique Message-ID (cheap: two concatenations).
+
+For peers_bench.py there are more (`MIXES`, `mix()`): ``office`` (~2 MB with
+a DOCX and an XLSX, written with python-docx and openpyxl and cached in a temp
+file), ``blend`` (a `MessageMix` of council mail in which a few messages are
+held by smtpguard's default policy), and the size series (``text-<N>k``:
+plain text of N KiB, ``pdfs-<N>``: N small PDFs).
 """
 
 from __future__ import annotations
 
 import base64
+import functools
+import io
+import os
 import random
 import re
+import struct
+import tempfile
 import textwrap
+import zlib
 from dataclasses import dataclass
+from pathlib import Path
 
 SENDER = "highways.programme@northshire.gov.uk"
 RECIPIENT = "contracts@roadworks-partner.example.com"
 
 SCENARIOS: tuple[str, ...] = ("plain", "pdf")
+# peers_bench.py's mixes; "blend" is a `MessageMix` of several templates.
+MIXES: tuple[str, ...] = ("plain", "pdf", "office", "blend")
 
 _MSGID_PLACEHOLDER = b"@@MSGID@@"
 
@@ -236,11 +251,18 @@ def check_pdf(data: bytes) -> int:
 
 @dataclass(frozen=True)
 class MessageTemplate:
-    """Bytes of a message split around its Message-ID, for cheap unique copies."""
+    """Bytes of a message split around its Message-ID, for cheap unique copies.
+
+    ``sender`` and ``recipients`` are its envelope; ``held`` says that
+    smtpguard's default policy holds it (accepted with 250, never delivered).
+    """
 
     name: str
     head: bytes
     tail: bytes
+    sender: str = SENDER
+    recipients: tuple[str, ...] = (RECIPIENT,)
+    held: bool = False
 
     def render(self, n: int, tag: str = "bench") -> bytes:
         return self.head + f"{tag}-{n:010d}".encode() + self.tail
@@ -250,10 +272,16 @@ class MessageTemplate:
         return len(self.head) + len(self.tail) + len("bench-0000000000")
 
 
-def _headers(subject: str, content_type: str) -> list[str]:
+def _headers(
+    subject: str,
+    content_type: str,
+    sender: str = SENDER,
+    to: str = RECIPIENT,
+    from_name: str = "Highways Programme Team",
+) -> list[str]:
     return [
-        'From: "Highways Programme Team" <' + SENDER + ">",
-        "To: <" + RECIPIENT + ">",
+        f'From: "{from_name}" <{sender}>',
+        "To: <" + to + ">",
         "Subject: " + subject,
         "Date: Fri, 05 Apr 2024 09:30:00 +0100",
         "Message-ID: <" + _MSGID_PLACEHOLDER.decode() + "@northshire.gov.uk>",
@@ -362,11 +390,408 @@ def _with_name(t: MessageTemplate, name: str) -> MessageTemplate:
 
 
 def template(scenario: str) -> MessageTemplate:
+    """One message by name: plain, pdf, office, text-<N>k / text-<N>m, pdfs-<N>."""
     if scenario == "plain":
         return plain_message()
     if scenario == "pdf":
         return pdf_message()
-    raise ValueError(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
+    if scenario == "office":
+        return office_message()
+    sized = re.fullmatch(r"text-(\d+)([km])", scenario)
+    if sized:
+        kib = int(sized.group(1)) * (1024 if sized.group(2) == "m" else 1)
+        if 1 <= kib <= 64 * 1024:
+            return text_message(kib)
+    counted = re.fullmatch(r"pdfs-(\d+)", scenario)
+    if counted and 1 <= int(counted.group(1)) <= 64:
+        return pdfs_message(int(counted.group(1)))
+    raise ValueError(
+        f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}, office, "
+        "text-<N>k, text-<N>m, pdfs-<N>"
+    )
+
+
+# --------------------------------------------------------------------------- sizes
+
+
+@functools.cache
+def text_message(kib: int) -> MessageTemplate:
+    """A text/plain message of about ``kib`` KiB (a long reply thread past 4 KiB)."""
+    rng = random.Random(10 + kib)
+    hdr = _headers(
+        "Spring resurfacing programme - update",
+        'Content-Type: text/plain; charset="us-ascii"\r\nContent-Transfer-Encoding: 7bit',
+    )
+    hdr_size = sum(len(x) + 2 for x in hdr) + 2
+    quote = 2 * 1024 if kib > 4 else None
+    body = _body_lines(rng, kib * 1024 - hdr_size - 120, quote_after=quote)
+    raw = "\r\n".join([*hdr, "", *body]) + "\r\n"
+    return _with_name(_split(raw), f"text-{kib}k" if kib % 1024 else f"text-{kib // 1024}m")
+
+
+@functools.cache
+def pdfs_message(count: int) -> MessageTemplate:
+    """A short covering note with ``count`` small PDFs (one page each, all different)."""
+    rng = random.Random(20 + count)
+    boundary = "=_smtpguard_bench_boundary_9a7e41"
+    hdr = _headers(
+        f"Scheme notices for the liaison meeting ({count} attached)",
+        f'Content-Type: multipart/mixed; boundary="{boundary}"',
+    )
+    lines = [
+        *hdr,
+        "",
+        "This is a multi-part message in MIME format.",
+        "",
+        f"--{boundary}",
+        'Content-Type: text/plain; charset="us-ascii"',
+        "Content-Transfer-Encoding: 7bit",
+        "",
+        *_body_lines(rng, 1200),
+    ]
+    for i in range(count):
+        pdf = build_pdf(pages=1, seed=100 + i)
+        b64 = base64.encodebytes(pdf).decode("ascii").replace("\n", "\r\n")
+        name = f"scheme-notice-{i + 1}.pdf"
+        lines += [
+            f"--{boundary}",
+            f'Content-Type: application/pdf; name="{name}"',
+            "Content-Transfer-Encoding: base64",
+            f'Content-Disposition: attachment; filename="{name}"',
+            "",
+            b64.rstrip("\r\n"),
+        ]
+    raw = "\r\n".join(lines) + f"\r\n--{boundary}--\r\n"
+    return _with_name(_split(raw), f"pdfs-{count}")
+
+
+# --------------------------------------------------------------------------- office
+
+OFFICE_CACHE_VERSION = "1"  # bump when office_message() changes what it writes
+
+
+def _png(width: int, height: int, seed: int) -> bytes:
+    """A valid RGB PNG that does not compress (like a photograph's detail)."""
+    rng = random.Random(seed)
+    raw = b"".join(b"\x00" + rng.randbytes(width * 3) for _ in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(raw, 6))
+        + chunk(b"IEND", b"")
+    )
+
+
+_SCHEMES = (
+    "Carriageway resurfacing",
+    "Footway reconstruction",
+    "Drainage improvement",
+    "Street lighting LED conversion",
+    "Bridge joint replacement",
+    "Cycle route extension",
+    "Bus shelter replacement",
+    "Traffic signal upgrade",
+    "Safety barrier renewal",
+    "Retaining wall repair",
+)
+_AREAS = (
+    "North Division",
+    "South Division",
+    "East Division",
+    "West Division",
+    "Central Division",
+    "Coastal Division",
+)
+_STATUS = ("Complete", "On site", "Programmed", "Design", "Deferred")
+
+
+def _docx(rng: random.Random) -> bytes:
+    """A programme report: headings, prose, a summary table and three site photographs."""
+    import datetime as dt
+
+    from docx import Document  # type: ignore[import-not-found,unused-ignore]
+    from docx.shared import Cm  # type: ignore[import-not-found,unused-ignore]
+
+    doc = Document()
+    props = doc.core_properties
+    props.author = props.last_modified_by = "Highways Programme Team"
+    props.title = "Highways Capital Programme - Quarterly Report"
+    props.created = props.modified = dt.datetime(2024, 4, 5, 9, 30)
+    doc.add_heading("Highways Capital Programme: Quarterly Report", 0)
+    doc.add_paragraph("Report of the Head of Highways to the Environment Scrutiny Committee.")
+    for section, heading in enumerate(_HEADINGS):
+        doc.add_heading(heading, 1)
+        for para in _paragraphs(rng, 4):
+            doc.add_paragraph(para)
+        if section in (2, 5, 8):
+            doc.add_picture(io.BytesIO(_png(420, 250, seed=section)), width=Cm(15))
+            doc.add_paragraph(f"Figure {section // 3 + 1}: site photograph, works in progress.")
+        if section == 1:
+            table = doc.add_table(rows=1, cols=4)
+            for cell, text in zip(
+                table.rows[0].cells,
+                ("Scheme type", "Schemes", "Budget (GBP)", "Spend (GBP)"),
+                strict=True,
+            ):
+                cell.text = text
+            for scheme in _SCHEMES:
+                row = table.add_row().cells
+                budget = rng.randint(40, 900) * 1000
+                row[0].text = scheme
+                row[1].text = str(rng.randint(3, 40))
+                row[2].text = f"{budget:,}"
+                row[3].text = f"{int(budget * rng.uniform(0.2, 1.05)):,}"
+    out = io.BytesIO()
+    doc.save(out)
+    return out.getvalue()
+
+
+def _xlsx(rng: random.Random, rows: int = 7500) -> bytes:
+    """The programme's scheme list: one row per scheme, budget and spend by quarter."""
+    import datetime as dt
+
+    from openpyxl import Workbook  # type: ignore[import-untyped,unused-ignore]
+
+    wb = Workbook()
+    wb.properties.creator = wb.properties.lastModifiedBy = "Highways Programme Team"
+    wb.properties.created = wb.properties.modified = dt.datetime(2024, 4, 5, 9, 30)
+    ws = wb.active
+    ws.title = "Schemes"
+    ws.append(
+        [
+            "Scheme",
+            "Type",
+            "Area",
+            "Status",
+            "Budget",
+            "Q1 spend",
+            "Q2 spend",
+            "Q3 spend",
+            "Q4 spend",
+            "Variance",
+        ]
+    )
+    for i in range(rows):
+        budget = rng.randint(5, 400) * 250
+        spend = [round(budget * rng.uniform(0.0, 0.35), 2) for _ in range(4)]
+        ws.append(
+            [
+                f"Scheme {i + 1} - {rng.choice(_SCHEMES)}",
+                rng.choice(_SCHEMES).split()[0],
+                rng.choice(_AREAS),
+                rng.choice(_STATUS),
+                budget,
+                *spend,
+                round(budget - sum(spend), 2),
+            ]
+        )
+    summary = wb.create_sheet("Summary")
+    summary.append(["Area", "Schemes", "Budget"])
+    for area in _AREAS:
+        summary.append([area, rng.randint(200, 1500), rng.randint(500, 5000) * 1000])
+    out = io.BytesIO()
+    wb.save(out)
+    return out.getvalue()
+
+
+def _build_office_message() -> bytes:
+    rng = random.Random(4)
+    docx_bytes = _docx(rng)
+    xlsx_bytes = _xlsx(rng)
+    boundary = "=_smtpguard_bench_boundary_0ff1ce"
+    hdr = _headers(
+        "Capital programme report and scheme list for scrutiny",
+        f'Content-Type: multipart/mixed; boundary="{boundary}"',
+    )
+    lines = [
+        *hdr,
+        "",
+        "This is a multi-part message in MIME format.",
+        "",
+        f"--{boundary}",
+        'Content-Type: text/plain; charset="us-ascii"',
+        "Content-Transfer-Encoding: 7bit",
+        "",
+        *_body_lines(rng, 3 * 1024),
+    ]
+    for name, kind, data in (
+        (
+            "capital-programme-report.docx",
+            "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+            docx_bytes,
+        ),
+        (
+            "capital-programme-schemes.xlsx",
+            "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+            xlsx_bytes,
+        ),
+    ):
+        b64 = base64.encodebytes(data).decode("ascii").replace("\n", "\r\n")
+        lines += [
+            f"--{boundary}",
+            f'Content-Type: {kind}; name="{name}"',
+            "Content-Transfer-Encoding: base64",
+            f'Content-Disposition: attachment; filename="{name}"',
+            "",
+            b64.rstrip("\r\n"),
+        ]
+    return ("\r\n".join(lines) + f"\r\n--{boundary}--\r\n").encode("ascii")
+
+
+def office_cache_path() -> Path:
+    return Path(tempfile.gettempdir()) / f"smtpguard-bench-office-v{OFFICE_CACHE_VERSION}.eml"
+
+
+@functools.cache
+def office_message() -> MessageTemplate:
+    """~2 MB: a DOCX report with photographs and an XLSX scheme list (benign, no
+    identifiers). Built once with python-docx/openpyxl and cached in a temp file."""
+    path = office_cache_path()
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        raw = b""
+    if _MSGID_PLACEHOLDER not in raw:
+        raw = _build_office_message()
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(raw)
+        os.replace(tmp, path)
+    head, tail = raw.split(_MSGID_PLACEHOLDER, 1)
+    return MessageTemplate(name="office", head=head, tail=tail)
+
+
+# --------------------------------------------------------------------------- blend
+
+CASE_WORKER = "m.patel@northshire.gov.uk"
+CASE_COLLEAGUE = "j.okafor@northshire.gov.uk"
+RESTRICTED_PARTY = "dan.hart77@gmail.com"  # restricted party of CS-204817 (case_parties.csv)
+
+
+def _case_message(
+    name: str, subject: str, to: str, paragraphs: list[str], held: bool
+) -> MessageTemplate:
+    hdr = _headers(
+        subject,
+        'Content-Type: text/plain; charset="us-ascii"\r\nContent-Transfer-Encoding: 7bit',
+        sender=CASE_WORKER,
+        to=to,
+        from_name="Meera Patel",
+    )
+    body: list[str] = []
+    for para in paragraphs:
+        body += [*_wrap(para), ""]
+    body += ["Meera Patel", "Social Worker, Children's Services", "Northshire County Council"]
+    t = _split("\r\n".join([*hdr, "", *body]) + "\r\n")
+    return MessageTemplate(
+        name=name, head=t.head, tail=t.tail, sender=CASE_WORKER, recipients=(to,), held=held
+    )
+
+
+@functools.cache
+def case_internal_message() -> MessageTemplate:
+    """Sensitive (a case reference) to a colleague inside the council: passes."""
+    return _case_message(
+        "case-internal",
+        "CS-311092 allocation and next visit",
+        CASE_COLLEAGUE,
+        [
+            "Hi Joy, CS-311092 has been allocated to you from Monday. The case notes are up "
+            "to date on the system and the next home visit is due within ten working days.",
+            "I have left the chronology and the last supervision record in the case file. "
+            "Give me a call if you want to go through it before the visit.",
+        ],
+        held=False,
+    )
+
+
+@functools.cache
+def case_restricted_message() -> MessageTemplate:
+    """Case material to the case's restricted party (B3): smtpguard holds it."""
+    return _case_message(
+        "case-restricted",
+        "CS-204817 child protection conference",
+        RESTRICTED_PARTY,
+        [
+            "The child protection conference for CS-204817 is on Monday at 10am at the "
+            "county offices.",
+            "Please let me know by Friday whether you will attend.",
+        ],
+        held=True,
+    )
+
+
+@dataclass(frozen=True)
+class MessageMix:
+    """Templates sent in a fixed, interleaved order: message ``n`` is ``pick(n)``."""
+
+    name: str
+    templates: tuple[MessageTemplate, ...]
+    schedule: tuple[int, ...]  # indices into templates, repeated
+
+    def pick(self, n: int) -> MessageTemplate:
+        return self.templates[self.schedule[n % len(self.schedule)]]
+
+    @property
+    def size(self) -> int:
+        """Mean message size over one schedule."""
+        return sum(self.templates[i].size for i in self.schedule) // len(self.schedule)
+
+    @property
+    def held_share(self) -> float:
+        return sum(self.templates[i].held for i in self.schedule) / len(self.schedule)
+
+    def describe(self) -> str:
+        counts = {t.name: self.schedule.count(i) for i, t in enumerate(self.templates)}
+        total = len(self.schedule)
+        return ", ".join(
+            f"{n} in {total} {t.name}" + (" (held by smtpguard)" if t.held else "")
+            for t, n in zip(self.templates, counts.values(), strict=True)
+        )
+
+
+# Per 20 messages: 12 plain and 5 PDF mails to a contractor, 2 with a case reference
+# to a colleague (sensitive, internal: passes), 1 case mail to the restricted party.
+BLEND: tuple[tuple[str, int], ...] = (
+    ("plain", 12),
+    ("pdf", 5),
+    ("case-internal", 2),
+    ("case-restricted", 1),
+)
+
+
+def _interleave(weights: list[int]) -> tuple[int, ...]:
+    """A schedule with each index spread evenly (largest remainder, deterministic)."""
+    total = sum(weights)
+    credit = [0.0] * len(weights)
+    out: list[int] = []
+    for _ in range(total):
+        for i, w in enumerate(weights):
+            credit[i] += w / total
+        best = max(range(len(weights)), key=lambda i: credit[i])
+        credit[best] -= 1
+        out.append(best)
+    return tuple(out)
+
+
+@functools.cache
+def mix(name: str) -> MessageMix:
+    """A mix by name: any `template()` name (one template), or ``blend``."""
+    if name == "blend":
+        by_name = {
+            "case-internal": case_internal_message,
+            "case-restricted": case_restricted_message,
+        }
+        templates = tuple(
+            by_name[n]() if n in by_name else _with_name(template(n), n) for n, _ in BLEND
+        )
+        return MessageMix(name, templates, _interleave([w for _, w in BLEND]))
+    return MessageMix(name, (template(name),), (0,))
 
 
 def main() -> None:
@@ -376,6 +801,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("outdir", type=pathlib.Path)
+    parser.add_argument("--all", action="store_true", help="also office and the blend's")
     args = parser.parse_args()
     outdir: pathlib.Path = args.outdir
     outdir.mkdir(parents=True, exist_ok=True)
@@ -386,6 +812,13 @@ def main() -> None:
         data = template(name).render(1)
         (outdir / f"{name}.eml").write_bytes(data)
         print(f"{name}.eml: {len(data)} bytes")
+    if args.all:
+        blend = mix("blend")
+        for t in (template("office"), *blend.templates):
+            if t.name not in SCENARIOS:
+                (outdir / f"{t.name}.eml").write_bytes(t.render(1))
+                print(f"{t.name}.eml: {t.size} bytes, to {', '.join(t.recipients)}")
+        print(f"blend: {blend.describe()}")
 
 
 if __name__ == "__main__":

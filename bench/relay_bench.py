@@ -35,6 +35,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import re
 import shlex
 import shutil
 import signal
@@ -45,7 +46,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import loadgen
 import sink
@@ -238,7 +239,15 @@ def banner_ok(port: int, timeout: float = 1.0) -> bool:
     return False
 
 
-def wait_ready(proc: subprocess.Popen[bytes], port: int, timeout: float) -> str | None:
+class RelayProcess(Protocol):
+    """What a cell needs of the relay under test: has it exited, and with what."""
+
+    returncode: Any
+
+    def poll(self) -> int | None: ...
+
+
+def wait_ready(proc: RelayProcess, port: int, timeout: float) -> str | None:
     """None when the relay answers 220 within ``timeout``, else why not."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -321,7 +330,7 @@ class Bench:
         self.ctx = mp.get_context("spawn")
 
     def _wait_pipe(
-        self, conn: Any, monitor: TreeMonitor, proc: subprocess.Popen[bytes], deadline: float
+        self, conn: Any, monitor: TreeMonitor, proc: RelayProcess, deadline: float
     ) -> tuple[str, Any]:
         """Next message from the load generator, sampling memory while waiting."""
         while time.monotonic() < deadline:
@@ -408,10 +417,15 @@ class Bench:
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
 
+    def expected_at_sink(self, cell: Cell, phases: list[dict[str, Any]]) -> int:
+        """Messages the sink should receive for these load generator phases (PhaseResult
+        dicts): every accepted one. peers_bench.py overrides it for mail a relay holds."""
+        return sum(int(phase["accepted"]) for phase in phases)
+
     def _drive(
         self,
         cell: Cell,
-        proc: subprocess.Popen[bytes],
+        proc: RelayProcess,
         sk: sink.SinkHandle,
         port: int,
         monitor: TreeMonitor,
@@ -441,7 +455,7 @@ class Bench:
             while result is None:
                 kind, value = self._wait_pipe(parent, monitor, proc, deadline)
                 if kind == "warmup_done":
-                    warm_ok = int(value["accepted"])
+                    warm_ok = self.expected_at_sink(cell, [value])
                     if not self._wait_sink(sk, warm_ok, monitor, args.drain_timeout):
                         cell.notes.append(
                             f"warm-up not drained: sink {sk.counters.messages}/{warm_ok}"
@@ -495,8 +509,9 @@ class Bench:
         if result["connected"] < cell.concurrency:
             cell.notes.append(f"only {result['connected']}/{cell.concurrency} clients connected")
         cell.total_accepted = int(warm["accepted"]) + cell.accepted
+        expected = self.expected_at_sink(cell, [warm, measured])
 
-        cell.drained = self._wait_sink(sk, cell.total_accepted, monitor, args.drain_timeout)
+        cell.drained = self._wait_sink(sk, expected, monitor, args.drain_timeout)
         drained_at = time.monotonic()
         monitor.sample()
         cell.sink_received = sk.counters.messages
@@ -513,9 +528,9 @@ class Bench:
         cell.peak_mib = monitor.peak_mib
         cell.peak_rss_sum_mib = monitor.peak_rss_sum_kb / 1024
         cell.procs = monitor.max_procs
-        if sk.counters.messages > cell.total_accepted:
+        if sk.counters.messages > expected:
             cell.notes.append(
-                f"sink got {sk.counters.messages - cell.total_accepted} more than accepted "
+                f"sink got {sk.counters.messages - expected} more than expected "
                 "(duplicates or bounces)"
             )
 
@@ -760,6 +775,33 @@ def machine_facts(workdir: Path) -> list[str]:
     ]
 
 
+def marked_sections(text: str) -> dict[str, str]:
+    """The ``<!-- NAME:start -->`` ... ``<!-- NAME:end -->`` blocks of ``text``, by NAME
+    (markers included). Other benchmarks (peers_bench.py) keep their results in these."""
+    found: dict[str, str] = {}
+    for m in re.finditer(r"<!-- ([\w:.-]+):start -->.*?<!-- \1:end -->", text, flags=re.DOTALL):
+        found[m.group(1)] = m.group(0)
+    return found
+
+
+def with_marked_section(text: str, name: str, body: str) -> str:
+    """``text`` with section NAME's content replaced by ``body`` (appended if absent)."""
+    block = f"<!-- {name}:start -->\n{body.strip()}\n<!-- {name}:end -->"
+    old = marked_sections(text).get(name)
+    if old is not None:
+        return text.replace(old, block, 1)
+    return (text.rstrip() + "\n\n" if text.strip() else "") + block + "\n"
+
+
+def keep_marked_sections(old_text: str, new_text: str) -> str:
+    """``new_text`` followed by the marked sections of ``old_text`` it does not have."""
+    out = new_text
+    for name, block in marked_sections(old_text).items():
+        if name not in marked_sections(out):
+            out = out.rstrip() + "\n\n" + block + "\n"
+    return out
+
+
 def reproduce_command(args: argparse.Namespace) -> str:
     argv = [
         "python",
@@ -946,7 +988,9 @@ def main(argv: list[str] | None = None) -> int:
         if not complete:
             print("(interrupted: partial results, results file not written)")
         elif not args.no_results:
-            args.results.write_text(text)
+            # Sections of other benchmarks (peers_bench.py) in the file are kept.
+            old = args.results.read_text() if args.results.exists() else ""
+            args.results.write_text(keep_marked_sections(old, text))
             print(f"(written to {args.results})")
         if args.keep or any(c.failed for c in cells):
             (workdir / "cells.json").write_text(json.dumps([asdict(c) for c in cells], indent=1))

@@ -136,7 +136,7 @@ class Relay:
         self.parser = parser
         self.metrics = metrics
         self._pressure = _Pressure()
-        self._scans: set[asyncio.Task[None]] = set()
+        self._scans: set[asyncio.Task[object]] = set()
 
     # -- Intake -----------------------------------------------------------
 
@@ -303,10 +303,12 @@ class Relay:
         except Exception as exc:
             log.error("verdict.record_failed", id=message_id, error=type(exc).__name__)
 
-    def _scan_later(self, message_id: str, envelope: Envelope, content: bytes) -> None:
-        self._track(self._scan(message_id, envelope, content))
+    def _scan_later(
+        self, message_id: str, envelope: Envelope, content: bytes, notices_sent: bool = False
+    ) -> None:
+        self._track(self._scan(message_id, envelope, content, notices_sent))
 
-    def _track(self, scan: Coroutine[Any, Any, None]) -> None:
+    def _track(self, scan: Coroutine[Any, Any, object]) -> None:
         """Scans run as tasks; they are awaited (within the drain time) at shutdown."""
         task = asyncio.create_task(scan)
         self._scans.add(task)
@@ -322,7 +324,11 @@ class Relay:
         except Exception as exc:
             log.error("scan.reload_failed", id=message_id, error=type(exc).__name__)
 
-    async def _scan(self, message_id: str, envelope: Envelope, content: bytes) -> None:
+    async def _scan(
+        self, message_id: str, envelope: Envelope, content: bytes, notices_sent: bool = False
+    ) -> None:
+        """`notices_sent`: a retry of a scan that failed after storing its bounce and hold
+        notice (they are not sent twice)."""
         try:
             verdict, reading = await self._inspect(content, envelope, message_id)
             states = {
@@ -356,6 +362,14 @@ class Relay:
             # Route, TLS and tag instructions are stored with their recipients, so a
             # retry after a restart delivers each copy the same way.
             special = {a: i for a, i in told.items() if i != Instructions()}
+            # The bounce and the sender's hold notice are stored before the verdict is
+            # recorded: a crash in between scans the message again and sends them again,
+            # never not at all.
+            if not notices_sent:
+                await self._bounce_refused(record, verdict, content)
+                notices_sent = await self._notify_holds(
+                    message_id, envelope, verdict, content, release_at
+                )
             if state is not MessageState.QUEUED:
                 await self.store.set_state(
                     message_id,
@@ -376,9 +390,7 @@ class Relay:
                     release_at=release_at,
                     instructions=special,
                 )
-            await self._bounce_refused(record, verdict, content)
             self._track(self._record_verdict(message_id, envelope, verdict, reading, content))
-            self._track(self._notify_holds(message_id, envelope, verdict, content, release_at))
             if state is MessageState.QUEUED:
                 # A message every recipient may have goes straight to delivery: the
                 # attempt's own commit records the outcome. It stays RECEIVED in the
@@ -389,12 +401,15 @@ class Relay:
             log.error("scan.failed", id=message_id, error=type(exc).__name__)
             if self.metrics is not None:
                 self.metrics.scan_failed()
+            # From memory: its row may not be in the store yet (a full disk).
             asyncio.get_running_loop().call_later(
-                self.config.delivery.retry_initial, self._rescan_later, message_id
+                self.config.delivery.retry_initial,
+                self._scan_later,
+                message_id,
+                envelope,
+                content,
+                notices_sent,
             )
-
-    def _rescan_later(self, message_id: str) -> None:
-        self._track(self._rescan(message_id))
 
     async def _notify_holds(
         self,
@@ -403,15 +418,18 @@ class Relay:
         verdict: Verdict,
         content: bytes,
         release_at: float | None,
-    ) -> None:
+    ) -> bool:
         """Tell the sender at once, and the reviewers when a rule asks, without content.
 
-        A notice that cannot be queued (disk full) is logged; the hold itself stands.
+        A notice that cannot be queued (disk full) is logged (returns False); the hold
+        itself stands.
         """
         try:
             await self._send_hold_notices(message_id, envelope, verdict, content, release_at)
         except Exception as exc:
             log.error("notice.failed", id=message_id, error=type(exc).__name__)
+            return False
+        return True
 
     async def _send_hold_notices(
         self,

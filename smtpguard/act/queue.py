@@ -18,7 +18,7 @@ import random
 import socket
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import structlog
@@ -230,16 +230,30 @@ class DeliveryQueue:
                 continue
             self._busy += 1
             self._idle.clear()
+            claimed = job.claimed
             try:
-                if job.claimed or await self.store.claim(job.message_id, self.owner, LEASE_SECONDS):
+                claimed = claimed or await self.store.claim(
+                    job.message_id, self.owner, LEASE_SECONDS
+                )
+                if claimed:
                     await self.attempt(job)
             except Exception as exc:
-                # The claim lease runs out and the message is attempted again.
                 log.error("delivery.failed", id=job.message_id, error=type(exc).__name__)
+                if claimed:
+                    # The store failed before the outcome was recorded (a full disk, a
+                    # lock held too long): the message is still claimed by this queue, which
+                    # nothing else takes up while the relay runs, so it is tried again here.
+                    asyncio.get_running_loop().call_later(
+                        retry_delay(self.config, 1), self._again, replace(job, claimed=True)
+                    )
             finally:
                 self._busy -= 1
                 if not self._busy:
                     self._idle.set()
+
+    def _again(self, job: Job) -> None:
+        if not self._stopping:
+            self.submit(job)
 
     async def attempt(self, job: Job) -> None:
         record = job.record or await self.store.load(job.message_id)
@@ -335,15 +349,37 @@ class DeliveryQueue:
             next_attempt = min(
                 now + retry_delay(self.config, record.attempts + 1), record.expires_at
             )
-        await self.store.record_attempt(record.id, outcomes, state, next_attempt)
-        self._log_outcomes(record, outcomes, state, next_attempt, now, elapsed)
         bounced = [o for o in outcomes if o.state is RecipientState.BOUNCED]
         if bounced:
+            # The DSN is stored before the bounce is recorded: a crash in between sends
+            # it again after the restart (at least once), never not at all.
             failures = [
                 failed_recipient(o.address, o.reply, self.upstream.name, expired=False)
                 for o in bounced
             ]
             await self.notify_sender(record, failures, content, expired=False)
+        await self._record(record.id, outcomes, state, next_attempt)
+        self._log_outcomes(record, outcomes, state, next_attempt, now, elapsed)
+
+    async def _record(
+        self,
+        message_id: str,
+        outcomes: Sequence[RecipientOutcome],
+        state: MessageState,
+        next_attempt: float | None,
+    ) -> None:
+        """Record what the upstream said. While the store fails (a full disk, a lock held
+        past its busy timeout) this tries again, rather than deliver again later: the
+        upstream has answered, and a second copy is only for a crash to cause."""
+        while True:
+            try:
+                await self.store.record_attempt(message_id, outcomes, state, next_attempt)
+                return
+            except Exception as exc:
+                if self._stopping:
+                    raise
+                log.error("delivery.record_failed", id=message_id, error=type(exc).__name__)
+                await asyncio.sleep(retry_delay(self.config, 1))
 
     async def _expire(self, record: MessageRecord, pending: Sequence[str], now: float) -> None:
         last = {r.address: r.last_reply for r in record.recipients}
@@ -351,7 +387,10 @@ class DeliveryQueue:
             RecipientOutcome(a, RecipientState.EXPIRED, last.get(a) or "no reply") for a in pending
         ]
         content = await self.store.content(record.id)
-        await self.store.record_attempt(record.id, outcomes, MessageState.EXPIRED, None)
+        failures = [failed_recipient(o.address, o.reply, None, expired=True) for o in outcomes]
+        # Stored first, as for a bounce: a crash before the record sends it again.
+        await self.notify_sender(record, failures, content, expired=True)
+        await self._record(record.id, outcomes, MessageState.EXPIRED, None)
         if self.metrics is not None:
             told = {r.address: r.instructions for r in record.recipients}
             for outcome in outcomes:
@@ -365,8 +404,6 @@ class DeliveryQueue:
             domains=_domains(pending),
             attempts=record.attempts,
         )
-        failures = [failed_recipient(o.address, o.reply, None, expired=True) for o in outcomes]
-        await self.notify_sender(record, failures, content, expired=True)
 
     async def notify_sender(
         self,

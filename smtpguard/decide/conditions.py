@@ -9,14 +9,23 @@ name the rule's pattern, never the text it matched.
 Conditions that do not depend on the recipient (findings, sender, subject,
 headers, attachments, message facts) are evaluated once per message and
 remembered for the other recipients.
+
+Subject and header patterns are the administrator's, the text they run on is
+the sender's, and they run on the relay's event loop: each runs under the
+`regex` module with a time limit (`REGEX_TIMEOUT` per condition per message).
+A pattern that does not finish in time counts as matched, and so does a `not`
+over it, so a slow pattern fails closed; the evidence says the pattern took
+too long (and `decide.policy` logs `policy.regex_timeout` with the rule's name).
 """
 
 from __future__ import annotations
 
-import re
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+import regex
 
 from smtpguard.decide.facts import (
     CASE_ALLOWED,
@@ -41,6 +50,13 @@ NO: Outcome = (False, ())
 
 # Where a finding was, as `where:` names it: the part of its location before ":".
 PLACES = ("subject", "body", "header", "attachment", "message")
+
+# How long one subject or header condition may run its pattern on one message.
+REGEX_TIMEOUT = 0.05
+
+
+class RegexTimedOut(str):
+    """Evidence that a pattern did not finish in time, so its condition counted as matched."""
 
 
 @dataclass(frozen=True)
@@ -135,8 +151,12 @@ class NotOf(Condition):
         self._evidence: Evidence = (self.describe(),)  # the words never change
 
     def test(self, ctx: Context) -> Outcome:
-        holds, _ = check(self.child, ctx)
-        return NO if holds else (True, self._evidence)
+        holds, used = check(self.child, ctx)
+        if not holds:
+            return True, self._evidence
+        # A pattern that timed out is not known to match either: fail closed.
+        timed_out = tuple(item for item in used if isinstance(item, RegexTimedOut))
+        return (True, timed_out) if timed_out else NO
 
     def describe(self) -> str:
         return f"not ({self.child.describe()})"
@@ -335,14 +355,27 @@ class SenderTeam(Condition):
 # -- subject, headers, attachments -----------------------------------------------------
 
 
+def _too_slow(what: str, pattern: regex.Pattern[str]) -> Outcome:
+    return True, (
+        RegexTimedOut(
+            f"{what} pattern /{pattern.pattern}/ took too long on this message "
+            "(counted as a match)"
+        ),
+    )
+
+
 class SubjectMatches(Condition):
     """Case-insensitive search; the explanation names the pattern, never the subject."""
 
-    def __init__(self, pattern: re.Pattern[str]) -> None:
+    def __init__(self, pattern: regex.Pattern[str]) -> None:
         self.pattern = pattern
 
     def test(self, ctx: Context) -> Outcome:
-        if self.pattern.search(ctx.message.subject):
+        try:
+            found = self.pattern.search(ctx.message.subject, timeout=REGEX_TIMEOUT)
+        except TimeoutError:
+            return _too_slow("subject", self.pattern)
+        if found:
             return True, (self.describe(),)
         return NO
 
@@ -351,16 +384,30 @@ class SubjectMatches(Condition):
 
 
 class HeaderMatches(Condition):
-    def __init__(self, name: str, pattern: re.Pattern[str]) -> None:
+    def __init__(self, name: str, pattern: regex.Pattern[str]) -> None:
         self.name = name
         self._key = name.lower()
         self.pattern = pattern
 
     def test(self, ctx: Context) -> Outcome:
+        # One time limit for all the headers of that name: a message can carry thousands.
+        deadline = time.monotonic() + REGEX_TIMEOUT
         for name, value in ctx.message.headers:
-            if name.lower() == self._key and self.pattern.search(value):
+            if name.lower() != self._key:
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return self._too_slow()
+            try:
+                found = self.pattern.search(value, timeout=left)
+            except TimeoutError:
+                return self._too_slow()
+            if found:
                 return True, (self.describe(),)
         return NO
+
+    def _too_slow(self) -> Outcome:
+        return _too_slow(f"header {self.name}", self.pattern)
 
     def describe(self) -> str:
         return f"header {self.name} matches /{self.pattern.pattern}/"

@@ -9,7 +9,9 @@ is wrong; every problem in the file is reported at once.
 `evaluate` runs every rule for every recipient. Per recipient the most severe
 action wins (`reject` > `quarantine` > `delay` > `pass`); `tag`, `route` and
 `require_tls` ride along with whatever is delivered; each fired rule is kept
-with the findings it used and one line of explanation.
+with the findings it used and one line of explanation. A rule that fired
+because a subject or header pattern took too long is logged as
+`policy.regex_timeout`, with the rule's name only.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+import regex
+import structlog
 import yaml
 
 from smtpguard.config import ConfigError, Problem, _compose
@@ -53,6 +57,7 @@ from smtpguard.decide.conditions import (
     Outcome,
     RecipientClass,
     RecipientFact,
+    RegexTimedOut,
     SenderAddress,
     SenderDomain,
     SenderTeam,
@@ -64,6 +69,8 @@ from smtpguard.detect import Confidence, Finding
 from smtpguard.parse.model import Flag
 
 __all__ = ["DETECTORS", "Policy", "PolicyError", "Rule", "evaluate", "load_policy"]
+
+log = structlog.get_logger("smtpguard.decide")
 
 # Detectors a rule can name: the configurable ones and the parse stage's flags.
 DETECTORS = DETECTOR_NAMES | {"hidden_content", "redaction_failure", "uninspectable"}
@@ -153,6 +160,7 @@ def evaluate(
     memo: dict[int, Outcome] = {}
     words: dict[int, str] = {}  # each finding put in words once per message
     verdicts: dict[str, RecipientVerdict] = {}
+    too_slow: set[str] = set()  # rules that fired on a pattern that timed out, logged once
     for recipient in recipients:
         context = Context(message, recipient, memo)
         fired: list[tuple[Rule, Evidence]] = []
@@ -160,6 +168,12 @@ def evaluate(
             holds, evidence = check(rule.when, context)
             if holds:
                 fired.append((rule, evidence))
+                if rule.name not in too_slow and any(
+                    isinstance(item, RegexTimedOut) for item in evidence
+                ):
+                    too_slow.add(rule.name)
+                    # The rule's name only: never the subject or header it ran on.
+                    log.warning("policy.regex_timeout", rule=rule.name)
         verdicts[recipient.address] = _recipient_verdict(recipient, fired, words)
     return Verdict(verdicts, message.findings, tuple(sorted(message.cases)))
 
@@ -779,13 +793,14 @@ class _Reader:
             return None
         return seconds
 
-    def regex(self, node: yaml.Node, where: _Where) -> re.Pattern[str] | None:
+    def regex(self, node: yaml.Node, where: _Where) -> regex.Pattern[str] | None:
+        """Compiled with the `regex` module (a superset of `re`), which can time a match out."""
         source = self.text(node, where)
         if source is None:
             return None
         try:
-            return re.compile(source, re.IGNORECASE)
-        except re.error as exc:
+            return regex.compile(source, regex.IGNORECASE)
+        except regex.error as exc:
             self.problem(node, where, f"not a valid regular expression: {source!r} ({exc})")
             return None
 

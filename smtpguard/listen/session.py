@@ -22,6 +22,8 @@ from smtpguard.listen.clients import ClientAllowlist
 from smtpguard.listen.data import DataProblem, read_data
 
 _HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}(\s|$)")
+# Control characters a reply might echo from the client (aiosmtpd quotes unknown commands).
+_UNPRINTABLE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _NO_ENHANCED = ("220", "354")
 
 
@@ -145,6 +147,15 @@ class GuardSMTP(SMTP):
         self.in_transaction = False
         self.body_8bit = False
 
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's address parsing (for VRFY) uses the stdlib's, which can raise
+        IndexError on a truncated address: that is a syntax error, not a 451."""
+        try:
+            address, rest = super()._getaddr(arg)
+        except (IndexError, ValueError):
+            return None, None
+        return address, rest
+
     @property
     def tls_active(self) -> bool:
         return getattr(self, "_tls_protocol", None) is not None
@@ -152,6 +163,8 @@ class GuardSMTP(SMTP):
     # -- replies ----------------------------------------------------------
 
     async def push(self, status: str) -> None:  # type: ignore[override]
+        # One line of text: no CR, LF or NUL from the client, no undecodable bytes.
+        status = _UNPRINTABLE.sub("?", status).encode("utf-8", "replace").decode("utf-8")
         if self.registry.on_reply is not None:
             self.registry.on_reply(status)
         await super().push(with_enhanced_code(status))
@@ -239,7 +252,7 @@ class GuardSMTP(SMTP):
             name, _, value = option.partition("=")
             name = name.upper()
             if name == "SIZE":
-                if not value.isdigit():
+                if not (value.isascii() and value.isdigit()):
                     await self.push(replies.R501_SYNTAX_MAIL)
                     return
                 if int(value) > self.settings.max_message_size:

@@ -69,9 +69,21 @@ class _Walk:
     deadline: float
     extracted: int = 0
     parts: list[Part] = field(default_factory=list)
+    full: bool = False  # max_parts reached: one uninspectable part said so, no more added
 
     def expired(self) -> bool:
         return time.monotonic() > self.deadline
+
+    def no_room(self, location: str, data: bytes, declared_type: str) -> bool:
+        """True once the message has `max_parts` parts; the first part refused says why."""
+        if len(self.parts) < self.limits.max_parts:
+            return False
+        if not self.full:
+            self.full = True
+            self.parts.append(
+                _uninspectable(location, data, declared_type, "message has too many parts")
+            )
+        return True
 
 
 def parse_message(raw: bytes, limits: Limits | None = None) -> Document:
@@ -104,6 +116,8 @@ def parse_message(raw: bytes, limits: Limits | None = None) -> Document:
 
 
 def _visit(entity: Message, walk: _Walk, prefix: str, depth: int) -> None:
+    if walk.no_room(prefix or "message", b"", ""):
+        return
     if depth > walk.limits.max_depth:
         walk.parts.append(_uninspectable(prefix or "message", b"", "", "nested too deeply"))
         return
@@ -248,7 +262,7 @@ def _decode_text(data: bytes, charset: str | None) -> str:
             continue
         try:
             return data.decode(candidate)
-        except (LookupError, UnicodeDecodeError):
+        except (LookupError, ValueError):  # ValueError: a NUL in the charset's name
             continue
     return data.decode("latin-1")
 
@@ -274,6 +288,8 @@ def _read_file(
     data: bytes, name: str, declared_type: str, location: str, walk: _Walk, depth: int
 ) -> None:
     limits = walk.limits
+    if walk.no_room(location, data, declared_type):
+        return
     if len(data) > limits.max_part_bytes:
         walk.parts.append(
             _uninspectable(location, data, declared_type, "over the size limit for one file")
@@ -310,6 +326,8 @@ def _read_file(
         )
         walk.parts.append(part)
         for member in embedded:
+            if walk.no_room(f"{location}/{member.name}", member.data, ""):
+                break
             if depth + 1 > limits.max_depth:
                 walk.parts.append(
                     _uninspectable(

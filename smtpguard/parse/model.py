@@ -65,3 +65,6 @@ class Limits:
     max_text_chars: int = 64_000_000  # more text than this in one part: uninspectable
     part_seconds: float = 20.0
     message_seconds: float = 60.0
+    # Parts of the whole message, every level together: a 42.zip-shaped archive of a
+    # few KB otherwise becomes hundreds of thousands of parts (and findings).
+    max_parts: int = 5000

@@ -27,8 +27,9 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"GIF89a", "image"),
     (b"II*\x00", "image"),
     (b"MM\x00*", "image"),
-    (b"BM", "image"),
 )
+# A bitmap starts "BM", and so does a text about BMI: the rest of its header must agree.
+_BMP_INFO_SIZES = frozenset({12, 16, 40, 52, 56, 64, 108, 124})
 
 _OOXML_MAIN = (
     ("word/document.xml", "docx"),
@@ -78,7 +79,22 @@ def sniff(data: bytes) -> str:
             return kind
     if head[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "image"
+    if _is_bmp(data):
+        return "image"
+    if b"%PDF-" in data[:1024]:  # PDF readers accept junk before the header, so must we
+        return "pdf"
     return _text_kind(data[:4096])
+
+
+def _is_bmp(data: bytes) -> bool:
+    """BITMAPFILEHEADER: "BM", size, four reserved zero bytes, offset; then a known
+    BITMAPINFOHEADER size."""
+    return (
+        data[:2] == b"BM"
+        and len(data) >= 26
+        and data[6:10] == b"\x00\x00\x00\x00"
+        and int.from_bytes(data[14:18], "little") in _BMP_INFO_SIZES
+    )
 
 
 def _zip_kind(data: bytes) -> str:

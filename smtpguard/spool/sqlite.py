@@ -138,6 +138,10 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 
+# A message's row and its recipients' rows, waiting to be written.
+_Rows = tuple[tuple[Any, ...], list[tuple[Any, ...]]]
+
+
 @dataclass
 class _Write:
     """One change waiting for the next group commit."""
@@ -156,8 +160,10 @@ class SQLiteStore(Store):
         self._conn: sqlite3.Connection | None = None
         self._pending: list[_Write] = []
         self._pending_lock = threading.Lock()
-        # Accepted messages whose row is not written yet (loop thread only).
-        self._unindexed: dict[str, tuple[tuple[Any, ...], list[tuple[Any, ...]]]] = {}
+        # Accepted messages whose row is not written yet (loop thread only), and those
+        # of them whose row is being written by itself.
+        self._unindexed: dict[str, _Rows] = {}
+        self._indexing: set[str] = set()
         # (sender, recipient) pairs known to have had a delivery: they only ever grow, so
         # a hit needs no trip to the store thread (which is busy with commits).
         self._known_pairs: set[tuple[str, str]] = set()
@@ -185,12 +191,16 @@ class SQLiteStore(Store):
         indexes every message accepted before it.
         """
         apply: Callable[[], Any] = partial(fn, *args)
-        rows = self._unindexed.pop(subject, None) if subject is not None else None
+        # Not popped: the rows stay here until a commit has written them, so a commit
+        # that fails (a full disk) cannot leave a live message out of the index.
+        rows = self._unindexed.get(subject) if subject is not None else None
         if rows is not None:
             apply = partial(_in_order, partial(self._insert, *rows), apply)
         elif subject is None:
             self._index_all()
         result: T = await self._enqueue(apply, finished_id)
+        if subject is not None and rows is not None:
+            self._indexed(subject, rows)
         return result
 
     def _enqueue(self, apply: Callable[[], Any], finished_id: str | None = None) -> Any:
@@ -204,19 +214,31 @@ class SQLiteStore(Store):
         return write.future
 
     def _index_later(self, message_id: str) -> None:
-        rows = self._unindexed.pop(message_id, None)
-        if rows is not None:
-            index = self._enqueue(partial(self._insert, *rows))
-            index.add_done_callback(partial(_report_index_failure, message_id))
+        if message_id in self._unindexed and message_id not in self._indexing:
+            self._index(message_id, self._unindexed[message_id])
 
     def _index_all(self) -> list[asyncio.Future[Any]]:
-        pending = []
-        while self._unindexed:
-            message_id, rows = self._unindexed.popitem()
-            index = self._enqueue(partial(self._insert, *rows))
-            index.add_done_callback(partial(_report_index_failure, message_id))
-            pending.append(index)
-        return pending
+        return [
+            self._index(message_id, rows)
+            for message_id, rows in list(self._unindexed.items())
+            if message_id not in self._indexing
+        ]
+
+    def _index(self, message_id: str, rows: _Rows) -> asyncio.Future[Any]:
+        self._indexing.add(message_id)
+        index: asyncio.Future[Any] = self._enqueue(partial(self._insert, *rows))
+        index.add_done_callback(partial(self._index_done, message_id, rows))
+        return index
+
+    def _index_done(self, message_id: str, rows: _Rows, index: asyncio.Future[Any]) -> None:
+        self._indexing.discard(message_id)
+        _report_index_failure(message_id, index)  # kept: tried again with the next change
+        if not index.cancelled() and index.exception() is None:
+            self._indexed(message_id, rows)
+
+    def _indexed(self, message_id: str, rows: _Rows) -> None:
+        if self._unindexed.get(message_id) is rows:
+            del self._unindexed[message_id]
 
     def _commit_pending(self, loop: asyncio.AbstractEventLoop) -> None:
         with self._pending_lock:
@@ -352,14 +374,16 @@ class SQLiteStore(Store):
 
     def _insert(self, message_row: tuple[Any, ...], recipient_rows: list[tuple[Any, ...]]) -> None:
         self._db.execute(
-            "INSERT INTO messages (id, state, origin, sender, client_address,"
+            # OR IGNORE: a row already written (by a commit whose success was not seen
+            # yet) is never overwritten by its state at the time it was accepted.
+            "INSERT OR IGNORE INTO messages (id, state, origin, sender, client_address,"
             " client_name, smtputf8, body_8bit, tls, mail_options, size, received_at,"
             " updated_at, expires_at, next_attempt_at, release_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             message_row,
         )
         self._db.executemany(
-            "INSERT INTO recipients (message_id, position, address, state, updated_at,"
+            "INSERT OR IGNORE INTO recipients (message_id, position, address, state, updated_at,"
             " instructions) VALUES (?, ?, ?, ?, ?, ?)",
             recipient_rows,
         )

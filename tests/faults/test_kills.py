@@ -1,0 +1,113 @@
+"""SIGKILL at random moments while clients send and the relay delivers.
+
+The kills come, in turn, from a timer; from the sink at the moment it keeps
+a copy (just before or after its 250 goes back: a delivery has happened that
+the relay has not recorded yet); a few milliseconds after the sink refuses a
+recipient for good (the relay is recording the bounce and storing its DSN);
+and as soon as the relay logs a bounce, or just after it logs a verdict (it
+is recording a hold or refusal and storing the notice). With one delivery
+worker, each kill can leave at most one delivery unrecorded, so duplicates
+are at most the kills that had something in flight.
+
+Regression test: a kill between the commit of a bounce (a 5xx from the
+upstream, or a policy refusal) and the storing of its DSN used to lose the
+DSN, and a kill between the commit of a hold and the storing of the sender's
+hold notice lost the notice; both are now stored first (sent again, rather
+than never, if a kill comes in between).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+from pathlib import Path
+
+from tests.faults.conftest import MakeSink
+from tests.faults.ledger import (
+    Ledger,
+    Load,
+    Runs,
+    drain,
+    integrity,
+    settle,
+    write_fault_config,
+)
+from tests.processes import RelayLauncher
+
+SEED = 1105
+KILLS = 12
+
+
+async def test_sigkill_at_random_moments_loses_and_duplicates_nothing_beyond_the_window(
+    tmp_path: Path, launcher: RelayLauncher, make_sink: MakeSink
+) -> None:
+    rng = random.Random(SEED)
+    sink = make_sink(None)
+    await sink.open()
+    config = write_fault_config(tmp_path, {"upstream": {"max_connections": 1}})
+    runs = Runs(launcher, config, tmp_path / "data", sink)
+    ledger = Ledger(SEED)
+    await runs.start()
+    load = Load(ledger, runs.port, senders=3, limit=5000, pause=0.01)
+    load.start()
+
+    loop = asyncio.get_running_loop()
+    for number in range(KILLS):
+        await asyncio.sleep(rng.uniform(0.4, 1.2))
+        relay = runs.current
+        assert relay is not None
+        mode = number % 4
+        if mode == 0:  # a timer
+            await runs.kill()
+            await runs.start()
+            continue
+        if mode == 3:  # as soon as the relay logs a bounce, or just after a verdict
+            bounce = number % 8 == 3
+            mark = len(relay.events)
+            with contextlib.suppress(AssertionError):  # none came: killed all the same
+                name = "message.bounced" if bounce else "message.verdict"
+                await relay.wait_for_event(name, after=mark, timeout=5)
+            if not bounce:
+                await asyncio.sleep(rng.uniform(0.0, 0.01))  # the verdict is being recorded
+            await runs.kill()
+            await runs.start()
+            continue
+        pid = relay.pid
+        delay = rng.uniform(0.0, 0.01) if mode == 2 else rng.choice([0.0, rng.uniform(0, 0.01)])
+
+        def kill_soon(*_: object, pid: int = pid, delay: float = delay) -> None:
+            sink.handler.on_keep = sink.handler.on_refuse = None
+            if delay:
+                loop.call_later(delay, os.kill, pid, signal.SIGKILL)
+            else:
+                os.kill(pid, signal.SIGKILL)  # before the sink's reply goes back
+
+        if mode == 1:  # as the sink keeps a copy
+            sink.handler.on_keep = kill_soon
+        else:  # just after the sink refuses a recipient for good
+            sink.handler.on_refuse = kill_soon
+        try:
+            await relay.wait_exit(timeout=5)
+        except TimeoutError:  # no such moment came: kill it anyway
+            sink.handler.on_keep = sink.handler.on_refuse = None
+            await runs.kill()
+        else:
+            await runs.kill(signalled=True)
+        await runs.start()
+    await asyncio.sleep(rng.uniform(0.5, 1.0))
+    await load.stop()
+
+    await drain(ledger, sink, runs, timeout=30)
+    await runs.stop()
+    report = await settle("sigkill", ledger, sink, runs, in_flight_limit=1)
+    print(report.line())
+
+    assert report.problems == [], (report.line(), report.problems[:20])
+    assert report.kills == KILLS
+    assert report.accepted >= 100, report.line()
+    assert report.held > 0 and report.bounced > 0 and report.rejected > 0, report.line()
+    assert report.hold_notices_missing == 0, report.line()
+    assert integrity(runs.data_dir) == "ok"
