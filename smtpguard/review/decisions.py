@@ -14,6 +14,11 @@ from smtpguard.review.reviewers import APPROVER, Reviewer, ReviewRefused
 from smtpguard.spool import Approval
 
 
+def approvals_needed(shown: RecipientShown | None) -> int:
+    """Distinct reviewers a release needs: the policy's number, at least one."""
+    return max(shown.approvals, 1) if shown else 1
+
+
 def check_approval(
     reviewer: Reviewer,
     sender: str,
@@ -31,7 +36,7 @@ def check_approval(
         )
     if shown is None:
         return
-    needed = max(shown.approvals, 1)
+    needed = approvals_needed(shown)
     if (
         shown.approver
         and reviewer.role != APPROVER
@@ -46,7 +51,7 @@ def check_approval(
 
 def enough(shown: RecipientShown | None, approvals: Sequence[Approval]) -> bool:
     """Distinct reviewers reached the number the policy asked for, with an approver if asked."""
-    needed = max(shown.approvals, 1) if shown else 1
+    needed = approvals_needed(shown)
     reviewers = {a.reviewer for a in approvals}
     if len(reviewers) < needed:
         return False

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from smtpguard.act.notices import build_outcome_notice
 from smtpguard.act.queue import store_notice
 from smtpguard.config.model import Config
-from smtpguard.review.decisions import check_approval, enough
+from smtpguard.review.decisions import approvals_needed, check_approval, enough
 from smtpguard.review.record import ReviewRecord
 from smtpguard.review.reviewers import Reviewer, ReviewRefused
 from smtpguard.spool import (
@@ -71,7 +71,7 @@ class Held:
 
     def needed(self, recipient: str) -> int:
         shown = self.review.recipients.get(recipient) if self.review else None
-        return max(shown.approvals, 1) if shown else 1
+        return approvals_needed(shown)
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,7 @@ from smtpguard.spool.model import (
     audit_hash,
     message_state_of,
 )
-from smtpguard.spool.store import Enough, ReviewConflict, Store
+from smtpguard.spool.store import Enough, ReviewConflict, Store, initial_states
 
 log = structlog.get_logger("smtpguard.spool")
 
@@ -284,9 +284,7 @@ class PostgresStore(Store):
         release_at: float | None = None,
         instructions: Sequence[Instructions] | None = None,
     ) -> None:
-        states = recipient_states or [RecipientState.PENDING] * len(envelope.recipients)
-        if len(states) != len(envelope.recipients):
-            raise ValueError("one recipient state per envelope recipient")
+        states = initial_states(envelope, recipient_states)
         how = instructions or [Instructions()] * len(envelope.recipients)
         key_id, data = await self._seal(message_id, content)
         now = time.time()

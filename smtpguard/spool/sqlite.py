@@ -44,7 +44,7 @@ from smtpguard.spool.model import (
     audit_hash,
     message_state_of,
 )
-from smtpguard.spool.store import Enough, ReviewConflict, Store
+from smtpguard.spool.store import Enough, ReviewConflict, Store, initial_states
 
 T = TypeVar("T")
 
@@ -344,9 +344,7 @@ class SQLiteStore(Store):
         release_at: float | None = None,
         instructions: Sequence[Instructions] | None = None,
     ) -> None:
-        states = recipient_states or [RecipientState.PENDING] * len(envelope.recipients)
-        if len(states) != len(envelope.recipients):
-            raise ValueError("one recipient state per envelope recipient")
+        states = initial_states(envelope, recipient_states)
         header = SpoolHeader(envelope, origin.value, expires_at)
         message_row, recipient_rows = _rows(
             message_id, header, len(content), state, states, release_at, instructions

@@ -40,6 +40,16 @@ def new_message_id() -> str:
     return f"{time.time_ns() // 1000:013X}{next(_sequence) & 0xFFFF:04X}{_PROCESS_TAG}"
 
 
+def initial_states(
+    envelope: Envelope, recipient_states: Sequence[RecipientState] | None
+) -> Sequence[RecipientState]:
+    """The recipients' states a new message is stored with (all pending unless given)."""
+    states = recipient_states or [RecipientState.PENDING] * len(envelope.recipients)
+    if len(states) != len(envelope.recipients):
+        raise ValueError("one recipient state per envelope recipient")
+    return states
+
+
 class ReviewConflict(Exception):
     """A review action that no longer applies: the copy is not held any more, or is gone."""
 
