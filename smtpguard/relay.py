@@ -37,6 +37,7 @@ from smtpguard.listen import Listener, Receipt, listener_settings, replies
 from smtpguard.log import configure_logging
 from smtpguard.metrics import HealthCheck, MetricsServer, RelayMetrics
 from smtpguard.parse import ParsePool
+from smtpguard.processes import Handoff, ProcessRole, Supervisor, role_from_environment
 from smtpguard.review.clock import AUDIT_ACTOR, ReviewClock
 from smtpguard.review.record import ReviewRecord
 from smtpguard.spool import (
@@ -137,6 +138,9 @@ class Relay:
         self.metrics = metrics
         self._pressure = _Pressure()
         self._scans: set[asyncio.Task[object]] = set()
+        # With several processes: where mail received here may be scanned instead.
+        self.handoff: Handoff | None = None
+        self.sessions: Callable[[], int] = lambda: 0
 
     # -- Intake -----------------------------------------------------------
 
@@ -228,7 +232,7 @@ class Relay:
         if self.metrics is not None:
             self.metrics.received(self.config.server.mode)
         if state is MessageState.RECEIVED:
-            self._scan_later(message_id, envelope, content)
+            self._scan_here_or_hand_off(message_id, envelope, content)
         elif state is MessageState.QUEUED:
             self.queue.submit(Job(message_id, content=content))
         return Receipt(message_id)
@@ -312,7 +316,42 @@ class Relay:
         """Scans run as tasks; they are awaited (within the drain time) at shutdown."""
         task = asyncio.create_task(scan)
         self._scans.add(task)
-        task.add_done_callback(self._scans.discard)
+        task.add_done_callback(self._untrack)
+        self.publish_load()
+
+    def _untrack(self, task: asyncio.Task[object]) -> None:
+        self._scans.discard(task)
+        self.publish_load()
+
+    def publish_load(self) -> None:
+        """Sessions only: a process scanning a sibling's mail still has a core to spare
+        for more of it, while one serving a client needs its loop for the replies."""
+        if self.handoff is not None:
+            self.handoff.set_load(self.sessions())
+
+    def _scan_here_or_hand_off(self, message_id: str, envelope: Envelope, content: bytes) -> None:
+        sibling = self.handoff.idle_sibling() if self.handoff is not None else None
+        if sibling is None:
+            self._scan_later(message_id, envelope, content)
+        else:
+            self._track(self._hand_off(sibling, message_id, envelope, content))
+
+    async def _hand_off(
+        self, sibling: int, message_id: str, envelope: Envelope, content: bytes
+    ) -> None:
+        """An idle sibling process scans and delivers it while this one receives."""
+        assert self.handoff is not None
+        try:
+            await self.store.publish(message_id)
+            if self.handoff.send(sibling, message_id):
+                return
+        except Exception as exc:
+            log.warning("handoff.failed", id=message_id, error=type(exc).__name__)
+        await self._scan(message_id, envelope, content)
+
+    def take_handed(self, message_id: str) -> None:
+        """A sibling process received this message and has written its row."""
+        self._track(self._rescan(message_id))
 
     async def _rescan(self, message_id: str) -> None:
         """A message that was stored but not scanned (a restart, or a scan that failed)."""
@@ -557,7 +596,7 @@ def _fired_rules(verdict: Verdict) -> list[str]:
     return sorted({rule for v in verdict.recipients.values() for rule in v.rules})
 
 
-def _notify_systemd(state: str) -> None:
+def notify_systemd(state: str) -> None:
     """sd_notify without a dependency: systemd's Type=notify readiness protocol."""
     address = os.environ.get("NOTIFY_SOCKET")
     if not address:
@@ -572,8 +611,15 @@ def _notify_systemd(state: str) -> None:
 class RelayService:
     """The running daemon: owns the store, the listener, the queue and the signals."""
 
-    def __init__(self, config_path: Path, overrides: Overrides, config: Config) -> None:
+    def __init__(
+        self,
+        config_path: Path,
+        overrides: Overrides,
+        config: Config,
+        role: ProcessRole | None = None,
+    ) -> None:
         self.config_path = config_path
+        self.role = role or ProcessRole()
         self.overrides = overrides
         self.config = config
         # The spool key (and DSN file) is read once, here: a new one takes effect at
@@ -612,6 +658,11 @@ class RelayService:
         if self.metrics is not None:
             self.metrics.watch_sessions(self.listener.registry.sessions)
             self.listener.registry.on_reply = self.metrics.replied
+        if self.role.count > 1 and config.server.mode == "after-queue":
+            registry = self.listener.registry
+            self.relay.handoff = Handoff(self.role)
+            self.relay.sessions = lambda: len(registry.sessions)
+            registry.on_change = self.relay.publish_load
         self._stop = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
 
@@ -634,15 +685,24 @@ class RelayService:
         # Compile the detectors' Hyperscan database and load the suffix list now, in a
         # thread, so the first short message read on the loop does not pay for them.
         await asyncio.to_thread(self.relay.warm_up)
-        resumed = await self.relay.resume()
+        # With several processes only the first recovers (before the others start) and
+        # keeps the review clock: the others would release its claims, or remind twice.
+        resumed = await self.relay.resume() if self.role.first else 0
         self.queue.start()
+        self.queue.wake()
+        if self.relay.handoff is not None:
+            self.relay.publish_load()
+            self.relay.handoff.listen(self.relay.take_handed)
         self._background.append(asyncio.create_task(self.relay.watch_pressure()))
-        self._background.append(asyncio.create_task(self._run_review_clock()))
-        head = await self.store.audit_head()
-        log.info("audit.head", entries=head[0], hash=head[1])
+        if self.role.first:
+            self._background.append(asyncio.create_task(self._run_review_clock()))
+            head = await self.store.audit_head()
+            log.info("audit.head", entries=head[0], hash=head[1])
         await self._start_metrics()
         listen = self.config.server.listen
-        self.address = await self.listener.start(listen.host, listen.port)
+        self.address = await self.listener.start(
+            listen.host, listen.port, sock=self.role.listening_socket()
+        )
         log.info(
             "relay.listening",
             host=self.address[0],
@@ -652,7 +712,8 @@ class RelayService:
             data_dir=str(self.config.store.data_dir),
             resumed=resumed,
         )
-        _notify_systemd("READY=1")
+        notify_systemd("READY=1")
+        self.role.report_ready(self.address)
         return self.address
 
     async def _start_metrics(self) -> None:
@@ -691,6 +752,7 @@ class RelayService:
             name
             for name, old, now in (
                 ("server.listen", self.config.server.listen, new.server.listen),
+                ("server.processes", self.config.server.processes, new.server.processes),
                 ("store", self.config.store.data_dir, new.store.data_dir),
                 ("store.backend", self.config.store.backend, new.store.backend),
                 ("store.dsn", self.config.store.dsn, new.store.dsn),
@@ -733,10 +795,12 @@ class RelayService:
         await self.shutdown()
 
     async def shutdown(self) -> None:
-        _notify_systemd("STOPPING=1")
+        notify_systemd("STOPPING=1")
         timeout = self.config.server.drain_timeout
         log.info("relay.stopping", sessions=len(self.listener.registry.sessions))
         self.listener.stop_accepting()
+        if self.relay.handoff is not None:
+            self.relay.handoff.stop_listening()
         drained = await self.listener.drain(timeout)
         await self.relay.finish_scans(timeout)
         await self.queue.stop(timeout)
@@ -760,20 +824,24 @@ def run_relay(
     on_ready: Callable[[tuple[str, int]], None] | None = None,
 ) -> int:
     """Entry point of `smtpguard serve`; raises ConfigError before anything starts."""
+    role = role_from_environment()
     config = load_config(config_path, overrides)
     configure_logging(config.logging)
+    if role.count > 1:
+        structlog.contextvars.bind_contextvars(process=role.index)
 
-    async def main() -> None:
-        service = RelayService(config_path, overrides, config)
+    async def main() -> int:
+        if config.server.processes > 1 and role.count == 1:
+            return await Supervisor(config_path, overrides, config).run(on_ready)
+        service = RelayService(config_path, overrides, config, role)
         address = await service.start(handle_signals=True)
         if on_ready is not None:
             on_ready(address)
         await service.run_until_stopped()
+        return 0
 
     try:
         import uvloop
     except ImportError:
-        asyncio.run(main())
-    else:
-        uvloop.run(main())
-    return 0
+        return asyncio.run(main())
+    return uvloop.run(main())

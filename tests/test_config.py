@@ -845,3 +845,30 @@ def test_when_a_key_is_a_list_then_refused_with_its_line(tmp_path: Path) -> None
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert f"{path}:3: a key must be a plain name" in str(caught.value)
+
+
+def test_when_processes_then_sessions_are_shared_between_them(tmp_path: Path) -> None:
+    from smtpguard.listen import listener_settings
+
+    text = "server:\n  allowed_clients: [127.0.0.0/8]\n  processes: 3\n  max_sessions: 100\n"
+    config = load_config(write(tmp_path, text))
+    assert config.server.processes == 3
+    assert listener_settings(config.server).max_sessions == 34  # 3 x 34 >= 100
+
+
+@pytest.mark.parametrize("count", ["0", "65", "two"])
+def test_when_processes_out_of_range_then_refused(tmp_path: Path, count: str) -> None:
+    text = f"server:\n  allowed_clients: [127.0.0.0/8]\n  processes: {count}\n"
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text))
+    assert "processes" in str(caught.value)
+
+
+def test_when_metrics_with_several_processes_then_refused(tmp_path: Path) -> None:
+    text = (
+        "server:\n  allowed_clients: [127.0.0.0/8]\n  processes: 2\n"
+        "metrics:\n  listen: 127.0.0.1:0\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text))
+    assert "metrics.listen needs server.processes: 1" in str(caught.value)

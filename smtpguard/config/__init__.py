@@ -338,7 +338,9 @@ def load_config(path: Path, overrides: Overrides | None = None) -> Config:
     except ValidationError as exc:
         errors = exc.errors()
         # An invalid entry also leaves a list too short; the entry's own error says it all.
-        item_errors = {tuple(e["loc"][:-1]) for e in errors if isinstance(e["loc"][-1], int)}
+        item_errors = {
+            tuple(e["loc"][:-1]) for e in errors if e["loc"] and isinstance(e["loc"][-1], int)
+        }
         problems = [
             Problem(path, _line_of(node, tuple(err["loc"])), _describe(err))
             for err in errors

@@ -126,6 +126,9 @@ class ServerConfig(_Section):
     data_timeout: Seconds = 600.0
     drain_timeout: Seconds = 30.0
     tls: ListenerTLS | None = None
+    # Relay processes sharing the listening socket: one event loop is one core, so a
+    # machine with more cores than one relays more mail with more of them.
+    processes: Count = Field(default=1, ge=1, le=64)
 
 
 class UpstreamConfig(_Section):
@@ -455,3 +458,12 @@ class Config(_Section):
     review: ReviewConfig = ReviewConfig()
     metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()
+
+    @model_validator(mode="after")
+    def _metrics_need_one_process(self) -> Config:
+        if self.metrics.listen is not None and self.server.processes > 1:
+            raise ValueError(
+                "metrics.listen needs server.processes: 1 (each process would count"
+                " only the mail it relayed itself)"
+            )
+        return self

@@ -42,7 +42,8 @@ def listener_settings(config: ServerConfig) -> ListenerSettings:
         allowlist=ClientAllowlist(config.allowed_clients),
         max_message_size=config.max_message_size,
         max_recipients=config.max_recipients,
-        max_sessions=config.max_sessions,
+        # The limit is the relay's: each of its processes takes an equal share.
+        max_sessions=-(-config.max_sessions // config.processes),
         command_timeout=config.command_timeout,
         data_timeout=config.data_timeout,
         tls_context=tls_context,
@@ -62,12 +63,23 @@ class Listener:
     def _new_session(self) -> GuardSMTP:
         return GuardSMTP(self.handler, self.settings, self.registry, asyncio.get_running_loop())
 
-    async def start(self, host: str, port: int) -> tuple[str, int]:
+    async def start(
+        self, host: str, port: int, sock: socket.socket | None = None
+    ) -> tuple[str, int]:
+        """Bind `host:port`, or serve on `sock`, a listening socket shared by several processes."""
         loop = asyncio.get_running_loop()
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._server = await loop.create_server(
-            self._new_session, host=host, port=port, family=family, reuse_address=True, backlog=512
-        )
+        if sock is not None:
+            self._server = await loop.create_server(self._new_session, sock=sock, backlog=512)
+        else:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            self._server = await loop.create_server(
+                self._new_session,
+                host=host,
+                port=port,
+                family=family,
+                reuse_address=True,
+                backlog=512,
+            )
         bound = self._server.sockets[0].getsockname()
         return str(bound[0]), int(bound[1])
 

@@ -1,0 +1,422 @@
+"""Several relay processes sharing one listening socket (`server.processes`).
+
+One event loop uses one core; with `processes: N` the relay runs N copies of
+itself that accept from the same socket, so a two-core machine relays about
+twice the mail. The parent binds the socket (port 0 works: every process gets
+the port the parent got), starts process 0, which alone recovers the store
+(claims left by a crash, messages never scanned) and runs the review clock,
+then the others, and tells systemd it is ready once all of them are.
+
+A process that dies takes the others down with it and the whole set starts
+again, so recovery always runs with no other process touching the store: the
+single-owner rule the SQLite store's recovery depends on. The children die
+with the parent (PR_SET_PDEATHSIG), so `kill -9` of the relay behaves like
+`kill -9` of a single process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import mmap
+import os
+import signal
+import socket
+import struct
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from smtpguard.config import Config, Overrides
+
+log = structlog.get_logger("smtpguard.processes")
+
+ROLE_ENV = "SMTPGUARD_PROCESS"
+_PR_SET_PDEATHSIG = 1
+_READY_TIMEOUT = 300.0  # hashing large exports and compiling detectors happens before ready
+_STOP_MARGIN = 15.0  # past drain_timeout, before a process that will not stop is killed
+_RESTART_PAUSE = 1.0
+_RESTARTS_ALLOWED = 5  # within _RESTART_WINDOW; more means it cannot run: exit, systemd decides
+_RESTART_WINDOW = 60.0
+
+
+@dataclass(frozen=True)
+class ProcessRole:
+    """Which share of the relay's work this process does, and the descriptors it shares."""
+
+    index: int = 0
+    count: int = 1
+    listen_fd: int | None = None  # the listening socket, inherited from the parent
+    ready_fd: int | None = None  # "host port" is written here once the process serves
+    parent: int | None = None
+    board_fd: int | None = None  # every process's load (see Handoff)
+    inbox_fd: int | None = None  # message ids handed to this process
+    outbox_fds: dict[int, int] = field(default_factory=dict)  # sibling index -> its inbox
+
+    @property
+    def first(self) -> bool:
+        """Process 0 recovers the store at start and runs the review clock."""
+        return self.index == 0
+
+    def encode(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def decode(cls, value: str) -> ProcessRole:
+        fields = json.loads(value)
+        fields["outbox_fds"] = {int(k): v for k, v in fields["outbox_fds"].items()}
+        return cls(**fields)
+
+    def listening_socket(self) -> socket.socket | None:
+        return None if self.listen_fd is None else socket.socket(fileno=self.listen_fd)
+
+    def report_ready(self, address: tuple[str, int]) -> None:
+        if self.ready_fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.write(self.ready_fd, f"{address[0]} {address[1]}\n".encode())
+            os.close(self.ready_fd)
+
+
+_LOAD = struct.Struct("=i")
+
+
+class Handoff:
+    """Freshly received mail handed to an idle sibling process, to scan and deliver.
+
+    A client sending one message after another keeps one process busy with its
+    connection while the others wait for one of their own; scanning and
+    delivering that client's mail in an idle sibling lets both cores work on
+    it. Each process publishes how many SMTP sessions it serves on a shared page;
+    a message goes to a sibling only when that sibling serves none, so under
+    real concurrency (every process has clients) nothing moves. The row is committed first
+    (`Store.publish`), then the id sent over a datagram socket only the
+    relay's processes hold; a message that cannot be handed over is scanned
+    where it was received. A process that dies with ids unread restarts the
+    whole set, and process 0's recovery scans them.
+    """
+
+    def __init__(self, role: ProcessRole) -> None:
+        if role.board_fd is None or role.inbox_fd is None:
+            raise ValueError("a hand-off needs the load board and an inbox")
+        self.index = role.index
+        self._board = mmap.mmap(role.board_fd, _LOAD.size * role.count)
+        self._inbox = socket.socket(fileno=role.inbox_fd)
+        self._inbox.setblocking(False)
+        self._outboxes = {i: socket.socket(fileno=fd) for i, fd in role.outbox_fds.items()}
+        for outbox in self._outboxes.values():
+            outbox.setblocking(False)
+        # Siblings tried in turn from the next one, so that no one process takes all.
+        self._order = sorted(self._outboxes, key=lambda i: (i - self.index) % role.count)
+        self._listening = False
+
+    def set_load(self, load: int) -> None:
+        _LOAD.pack_into(self._board, _LOAD.size * self.index, load)
+
+    def _load_of(self, index: int) -> int:
+        return int(_LOAD.unpack_from(self._board, _LOAD.size * index)[0])
+
+    def idle_sibling(self) -> int | None:
+        return next((i for i in self._order if self._load_of(i) <= 0), None)
+
+    def send(self, index: int, message_id: str) -> bool:
+        """False when the sibling's inbox is full or gone: scan it here instead."""
+        try:
+            self._outboxes[index].send(message_id.encode("ascii"))
+        except OSError:
+            return False
+        # Counted busy until it says otherwise, so a burst does not all go to it.
+        _LOAD.pack_into(self._board, _LOAD.size * index, max(1, self._load_of(index)))
+        return True
+
+    def listen(self, take: Callable[[str], None]) -> None:
+        asyncio.get_running_loop().add_reader(self._inbox.fileno(), self._read, take)
+        self._listening = True
+
+    def _read(self, take: Callable[[str], None]) -> None:
+        while True:
+            try:
+                data = self._inbox.recv(256)
+            except (BlockingIOError, InterruptedError):
+                return
+            take(data.decode("ascii", "replace"))
+
+    def stop_listening(self) -> None:
+        """At shutdown: ids sent from now on stay unread, and are scanned at the next start."""
+        if self._listening:
+            asyncio.get_running_loop().remove_reader(self._inbox.fileno())
+            self._listening = False
+        self.set_load(1 << 30)  # never idle again: nobody hands this process anything
+
+
+class _Shared:
+    """The descriptors one set of processes shares; new ones for every (re)start, so
+    that ids handed over before a crash are never read by the next set."""
+
+    def __init__(self, count: int) -> None:
+        self.board = os.memfd_create("smtpguard-load")
+        os.ftruncate(self.board, _LOAD.size * count)
+        self.inboxes = [socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in range(count)]
+
+    def role(self, index: int, count: int, listen_fd: int, ready_fd: int) -> ProcessRole:
+        return ProcessRole(
+            index=index,
+            count=count,
+            listen_fd=listen_fd,
+            ready_fd=ready_fd,
+            parent=os.getpid(),
+            board_fd=self.board,
+            inbox_fd=self.inboxes[index][0].fileno(),
+            outbox_fds={i: pair[1].fileno() for i, pair in enumerate(self.inboxes) if i != index},
+        )
+
+    def close(self) -> None:
+        os.close(self.board)
+        for inbox, outbox in self.inboxes:
+            inbox.close()
+            outbox.close()
+
+
+def role_from_environment() -> ProcessRole:
+    """This process's role: the default (the only process) unless a parent started it."""
+    value = os.environ.pop(ROLE_ENV, None)
+    if not value:
+        return ProcessRole()
+    role = ProcessRole.decode(value)
+    _die_with_parent(role.parent)
+    return role
+
+
+def _die_with_parent(parent: int | None) -> None:
+    """SIGKILL when the parent goes, as if the whole relay had been killed."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)  # the parent died before the line above took effect
+
+
+def bind_listener(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(512)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    sock.set_inheritable(True)
+    return sock
+
+
+@dataclass
+class _Child:
+    index: int
+    process: asyncio.subprocess.Process
+    ready: asyncio.Future[tuple[str, int] | None]
+
+
+class Supervisor:
+    """The parent of `server.processes` relay processes: starts, watches, signals them."""
+
+    def __init__(self, config_path: Path, overrides: Overrides, config: Config) -> None:
+        self.config_path = config_path
+        self.overrides = overrides
+        self.config = config
+        self.count = config.server.processes
+        self._children: list[_Child] = []
+        self._stop = asyncio.Event()
+        self._restarts: list[float] = []
+
+    def _command(self) -> list[str]:
+        command = [sys.executable, "-m", "smtpguard", "serve", "--config", str(self.config_path)]
+        for flag, value in (
+            ("--listen", self.overrides.listen),
+            ("--upstream", self.overrides.upstream),
+            ("--data-dir", self.overrides.data_dir),
+            ("--mode", self.overrides.mode),
+        ):
+            if value is not None:
+                command += [flag, str(value)]
+        return command
+
+    async def _spawn(self, index: int, sock: socket.socket, shared: _Shared) -> _Child:
+        read_end, write_end = os.pipe()
+        role = shared.role(index, self.count, sock.fileno(), write_end)
+        env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+        env[ROLE_ENV] = role.encode()
+        descriptors = [sock.fileno(), write_end, shared.board, role.inbox_fd or -1]
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *self._command(), env=env, pass_fds=(*descriptors, *role.outbox_fds.values())
+            )
+        finally:
+            os.close(write_end)
+        loop = asyncio.get_running_loop()
+        ready = loop.run_in_executor(None, _read_ready, read_end)
+        return _Child(index, process, ready)
+
+    async def _start_one(
+        self, index: int, sock: socket.socket, shared: _Shared
+    ) -> tuple[str, int] | None:
+        child = await self._spawn(index, sock, shared)
+        self._children.append(child)
+        exited = asyncio.ensure_future(child.process.wait())
+        stop = asyncio.ensure_future(self._stop.wait())
+        waits: set[asyncio.Future[Any]] = {child.ready, exited, stop}
+        done, _ = await asyncio.wait(
+            waits, timeout=_READY_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+        )
+        exited.cancel()
+        stop.cancel()
+        if child.ready in done and child.ready.result() is not None:
+            return child.ready.result()
+        if not self._stop.is_set():
+            log.error(
+                "relay.process_failed_to_start", process=index, exit_code=child.process.returncode
+            )
+        return None
+
+    async def _start_all(self, sock: socket.socket, shared: _Shared) -> tuple[str, int] | None:
+        """Process 0 first: it recovers the store while no other process can touch it."""
+        address = None
+        for index in range(self.count):
+            started = await self._start_one(index, sock, shared)
+            if started is None or self._stop.is_set():
+                return None
+            address = address or started
+        return address
+
+    async def _stop_all(self) -> None:
+        running = [c.process for c in self._children if c.process.returncode is None]
+        for process in running:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+        if running:
+            _, late = await asyncio.wait(
+                {asyncio.ensure_future(p.wait()) for p in running},
+                timeout=self.config.server.drain_timeout + _STOP_MARGIN,
+            )
+            for process in running:
+                if process.returncode is None:
+                    log.error("relay.process_killed", pid=process.pid, reason="did not stop")
+                    with contextlib.suppress(ProcessLookupError):
+                        process.kill()
+            if late:
+                await asyncio.wait(late)
+        for child in self._children:
+            child.ready.cancel()
+        self._children = []
+
+    async def _first_exit(self) -> _Child | None:
+        """The first process to exit, or None when a stop was asked for."""
+        waits = {asyncio.ensure_future(c.process.wait()): c for c in self._children}
+        stop = asyncio.ensure_future(self._stop.wait())
+        done, _ = await asyncio.wait({stop, *waits}, return_when=asyncio.FIRST_COMPLETED)
+        for future in (stop, *waits):
+            future.cancel()
+        if stop in done:
+            return None
+        return next(waits[f] for f in done if f in waits)
+
+    def _may_restart(self) -> bool:
+        now = time.monotonic()
+        self._restarts = [t for t in self._restarts if now - t < _RESTART_WINDOW] + [now]
+        return len(self._restarts) <= _RESTARTS_ALLOWED
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def forward(self, signum: int) -> None:
+        for child in self._children:
+            if child.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.process.send_signal(signum)
+
+    async def run(self, on_ready: Callable[[tuple[str, int]], None] | None = None) -> int:
+        listen = self.config.server.listen
+        sock = bind_listener(listen.host, listen.port)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+        loop.add_signal_handler(signal.SIGINT, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.forward, signal.SIGHUP)
+        announced = False
+        try:
+            while True:
+                shared = _Shared(self.count)
+                try:
+                    outcome = await self._run_set(sock, shared, on_ready, announced)
+                finally:
+                    shared.close()
+                if outcome is not None:
+                    return outcome
+                announced = True
+                if not self._may_restart():
+                    log.error("relay.giving_up", restarts=len(self._restarts))
+                    return 1
+                await asyncio.sleep(_RESTART_PAUSE)
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            sock.close()
+
+    async def _run_set(
+        self,
+        sock: socket.socket,
+        shared: _Shared,
+        on_ready: Callable[[tuple[str, int]], None] | None,
+        announced: bool,
+    ) -> int | None:
+        """One set of processes, from start to stop; None when it has to start again."""
+        from smtpguard.relay import notify_systemd
+
+        address = await self._start_all(sock, shared)
+        if address is None:
+            await self._stop_all()
+            return 0 if self._stop.is_set() else 1
+        if not announced:
+            log.info(
+                "relay.processes_started", processes=self.count, host=address[0], port=address[1]
+            )
+            notify_systemd("READY=1")
+            if on_ready is not None:
+                on_ready(address)
+        died = await self._first_exit()
+        if died is None or died.process.returncode == 0:
+            # Asked to stop, or a process was (Ctrl-C reaches the whole group).
+            notify_systemd("STOPPING=1")
+            await self._stop_all()
+            log.info("relay.processes_stopped", processes=self.count)
+            return 0
+        log.error(
+            "relay.process_died",
+            process=died.index,
+            exit_code=died.process.returncode,
+            action="restarting every process, so that the store is recovered",
+        )
+        await self._stop_all()
+        return None
+
+
+def _read_ready(fd: int) -> tuple[str, int] | None:
+    """Blocks (in a thread) until the child reports "host port", or exits without it."""
+    data = b""
+    try:
+        while not data.endswith(b"\n"):
+            chunk = os.read(fd, 256)
+            if not chunk:
+                return None
+            data += chunk
+    finally:
+        os.close(fd)
+    host, port = data.decode().split()
+    return host, int(port)
