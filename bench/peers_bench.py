@@ -388,8 +388,16 @@ class CeilingTarget(Target):
 class PopenTarget(Target):
     """floor, smtpguard (relay_bench's commands) and amavisd: a child process."""
 
-    def __init__(self, cmd: list[str], listen: int, log_path: Path, timeout: float) -> None:
+    def __init__(
+        self,
+        cmd: list[str],
+        listen: int,
+        log_path: Path,
+        timeout: float,
+        ready: tuple[dict[str, str] | None, rb.ReadyNotice | None] = (None, None),
+    ) -> None:
         self.cmd = cmd
+        self.env, self.notice = ready
         self.listen = listen
         self.log_path = log_path
         self.timeout = timeout
@@ -405,12 +413,13 @@ class PopenTarget(Target):
                     stderr=subprocess.STDOUT,
                     cwd=PROJECT_DIR,
                     stdin=subprocess.DEVNULL,
+                    env=self.env,
                 )
             except OSError as exc:
                 raise StartFailed(f"could not start: {exc}") from exc
         self.process = self.proc
         self.root = self.proc.pid
-        why = rb.wait_ready(self.proc, self.listen, self.timeout)
+        why = rb.wait_ready(self.proc, self.listen, self.timeout, self.notice)
         if why is not None:
             raise StartFailed(f"did not start: {why}")
         return self.listen
@@ -536,7 +545,8 @@ class PeersBench(rb.Bench):
             return AmavisTarget(cell_dir, sk.port, servers, log_path, args.start_timeout)
         listen = rb.free_port()
         cmd = rb.relay_command(relay, listen, sk.port, cell_dir, self.sg_cmd)
-        return PopenTarget(cmd, listen, log_path, args.start_timeout)
+        ready = rb.relay_environment(relay, cell_dir)
+        return PopenTarget(cmd, listen, log_path, args.start_timeout, ready)
 
     def run_cell(self, relay: str, scenario: str, concurrency: int, rnd: int) -> PeerCell:
         cell = PeerCell(relay, scenario, concurrency, message_bytes=mix(scenario).size, round=rnd)

@@ -247,16 +247,60 @@ class RelayProcess(Protocol):
     def poll(self) -> int | None: ...
 
 
-def wait_ready(proc: RelayProcess, port: int, timeout: float) -> str | None:
-    """None when the relay answers 220 within ``timeout``, else why not."""
+class ReadyNotice:
+    """A NOTIFY_SOCKET of the bench's own (systemd's readiness protocol): smtpguard
+    sends READY=1 only once every one of its processes serves, which a 220 banner
+    from the first of them does not show."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / "notify.sock"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(self.path))
+
+    def environment(self) -> dict[str, str]:
+        return {**os.environ, "NOTIFY_SOCKET": str(self.path)}
+
+    def ready(self) -> bool:
+        self.sock.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                if b"READY=1" in self.sock.recv(4096):
+                    return True
+        return False
+
+    def close(self) -> None:
+        self.sock.close()
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+
+
+def relay_environment(relay: str, folder: Path) -> tuple[dict[str, str] | None, ReadyNotice | None]:
+    if relay != "smtpguard":
+        return None, None
+    notice = ReadyNotice(folder)
+    return notice.environment(), notice
+
+
+def wait_ready(
+    proc: RelayProcess, port: int, timeout: float, notice: ReadyNotice | None = None
+) -> str | None:
+    """None when the relay answers 220 (and, given `notice`, said READY=1) within
+    ``timeout``, else why not."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return f"exited with status {proc.returncode} before answering"
-        if banner_ok(port):
-            return None
-        time.sleep(0.1)
-    return f"no 220 banner on port {port} within {timeout:.0f} s"
+    banner = False
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                return f"exited with status {proc.returncode} before answering"
+            banner = banner or banner_ok(port)
+            if banner and (notice is None or notice.ready()):
+                return None
+            time.sleep(0.1)
+    finally:
+        if notice is not None:
+            notice.close()
+    what = "no 220 banner" if not banner else "no READY=1"
+    return f"{what} on port {port} within {timeout:.0f} s"
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> str:
@@ -375,6 +419,7 @@ class Bench:
         sk = sink.start_sink(HOST)
         listen = free_port()
         cmd = relay_command(relay, listen, sk.port, data_dir, self.sg_cmd)
+        env, notice = relay_environment(relay, data_dir)
         with open(log_path, "wb") as log_fh:
             try:
                 proc = subprocess.Popen(
@@ -383,6 +428,7 @@ class Bench:
                     stderr=subprocess.STDOUT,
                     cwd=PROJECT_DIR,
                     stdin=subprocess.DEVNULL,
+                    env=env,
                 )
             except OSError as exc:
                 sk.stop()
@@ -390,7 +436,7 @@ class Bench:
                 return cell
         monitor = TreeMonitor(proc.pid)
         try:
-            why = wait_ready(proc, listen, args.start_timeout)
+            why = wait_ready(proc, listen, args.start_timeout, notice)
             if why is not None:
                 cell.failed = f"did not start: {why}"
                 return cell

@@ -36,7 +36,9 @@ def configure_logging(config: LoggingConfig, stream: TextIO | None = None) -> No
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        # One write() per line (PrintLogger writes the newline separately): several
+        # relay processes share stderr, and their lines must not run together.
+        logger_factory=structlog.WriteLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(

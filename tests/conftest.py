@@ -13,6 +13,7 @@ import yaml
 from smtpguard.config import Overrides, load_config
 from smtpguard.log import configure_logging
 from smtpguard.relay import RelayService
+from tests.processes import RelayLauncher, ReservedSink
 from tests.sink import CaptureSink
 
 BASE_CONFIG: dict[str, Any] = {
@@ -100,3 +101,19 @@ async def relays(tmp_path: Path, sink: CaptureSink) -> AsyncIterator[RelayRunner
     runner = RelayRunner(tmp_path, sink)
     yield runner
     await runner.stop_all()
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[ReservedSink]:
+    """The relay process's upstream: a capture sink on a reserved port, down until opened."""
+    sink = ReservedSink()
+    yield sink
+    await sink.stop()
+
+
+@pytest.fixture
+async def launcher(tmp_path: Path, upstream: ReservedSink) -> AsyncIterator[RelayLauncher]:
+    # Depends on `upstream` so relays are killed before the sink goes away.
+    relays = RelayLauncher(tmp_path)
+    yield relays
+    await relays.kill_all()

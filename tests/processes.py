@@ -18,7 +18,7 @@ import smtplib
 import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from email.utils import formatdate, make_msgid
 from pathlib import Path
@@ -294,6 +294,75 @@ async def wait_until(
         raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
 
 
+async def wait_for_ids(sink: ReservedSink, wanted: set[bytes], timeout: float) -> None:
+    await wait_until(
+        lambda: wanted <= set(sink.message_ids()),
+        timeout=timeout,
+        what=f"{len(wanted)} message(s) at the sink (have {len(sink.handler.messages)})",
+    )
+
+
+def drain_datagrams(sock: socket.socket) -> list[bytes]:
+    """Everything queued on a non-blocking datagram socket."""
+    received = []
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            received.append(sock.recv(4096))
+    return received
+
+
+# -- a relay of several processes (server.processes) ---------------------------------
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat from field 3 (the state) on; None once the process is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return text[text.rindex(")") + 2 :].split()
+
+
+_DEAD = ("Z", "X")
+
+
+def is_running(pid: int) -> bool:
+    """Whether `pid` exists and is not a zombie (a dead child nobody has reaped yet)."""
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] not in _DEAD
+
+
+def child_pids(pid: int) -> list[int]:
+    """The children of `pid` that are running, oldest first."""
+    children: set[int] = set()
+    for path in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            children.update(int(child) for child in path.read_text().split())
+    started = []
+    for child in children:
+        fields = _stat_fields(child)
+        if fields is not None and fields[0] not in _DEAD:
+            started.append((int(fields[19]), child))  # field 22: start time, in clock ticks
+    return [child for _, child in sorted(started)]
+
+
+def descendants(pid: int) -> list[int]:
+    """Every running process below `pid` (children, their children, ...)."""
+    found = []
+    for child in child_pids(pid):
+        found += [child, *descendants(child)]
+    return found
+
+
+async def serving_processes(relay: RelayProcess, count: int) -> list[int]:
+    """Once a relay with `server.processes: count` reports all of them serving
+    (relay.processes_started): their pids, process 0 first (it is started first)."""
+    await relay.wait_for_event("relay.processes_started", timeout=START_TIMEOUT)
+    children = child_pids(relay.pid)
+    assert len(children) == count, (children, relay.log_text())
+    return children
+
+
 # -- messages and the SMTP client side ------------------------------------------
 
 
@@ -384,6 +453,52 @@ def send_message(
         if after_data is not None:
             after_data(reply)
         return reply
+
+
+@dataclass
+class Flow:
+    """What clients sent to a relay that was killed under them."""
+
+    attempted: set[bytes] = field(default_factory=set)  # Message-IDs
+    acknowledged: dict[bytes, str] = field(default_factory=dict)  # Message-ID -> queue id
+    unexpected: list[Reply] = field(default_factory=list)  # neither 250 nor a broken session
+
+
+async def send_until_killed(
+    port: int, kill: Callable[[], Awaitable[None]], *, senders: int, enough: int
+) -> Flow:
+    """`senders` clients send 4 KB messages, a session each, until `enough` are
+    acknowledged; then `kill` takes the relay down, and each client stops at its
+    first session that fails."""
+    flow = Flow()
+    plenty = asyncio.Event()
+
+    async def keep_sending(worker: int) -> None:
+        for number in range(1000):
+            content = make_message(f"flow {worker}/{number}", size=4_000)
+            flow.attempted.add(message_id(content))
+            try:
+                reply = await asyncio.to_thread(send_message, port, content)
+            except (OSError, smtplib.SMTPException):
+                return  # the relay is gone: this one was never acknowledged
+            if reply.code != 250:
+                flow.unexpected.append(reply)
+                return
+            flow.acknowledged[message_id(content)] = reply.queue_id
+            if len(flow.acknowledged) >= enough:
+                plenty.set()
+
+    tasks = [asyncio.create_task(keep_sending(worker)) for worker in range(senders)]
+    try:
+        async with asyncio.timeout(30):
+            await plenty.wait()
+        await kill()
+        async with asyncio.timeout(30):
+            await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+    return flow
 
 
 def ehlo_size(port: int) -> str:

@@ -14,13 +14,12 @@ import contextlib
 import json
 import os
 import signal
-import smtplib
 import socket
 import stat
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ from tests.processes import (
     ReservedSink,
     child_environment,
     dot_stuff,
+    drain_datagrams,
     ehlo_size,
     elapsed_since,
     make_message,
@@ -45,8 +45,9 @@ from tests.processes import (
     refuses_new_sessions,
     run_smtpguard,
     send_message,
+    send_until_killed,
     split_received,
-    wait_until,
+    wait_for_ids,
 )
 
 DRAIN_TIMEOUT = 3.0
@@ -57,30 +58,6 @@ DELIVERY_TIMEOUT = 10.0
 SETTLE = 1.0
 DEFAULT_SIZE_LIMIT = 50 * 1024 * 1024
 TWO_RECIPIENTS = ["a@one.example.org", "b@two.example.net"]
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[ReservedSink]:
-    sink = ReservedSink()
-    yield sink
-    await sink.stop()
-
-
-@pytest.fixture
-async def launcher(tmp_path: Path, upstream: ReservedSink) -> AsyncIterator[RelayLauncher]:
-    # Depends on `upstream` so relays are killed before the sink goes away.
-    relays = RelayLauncher(tmp_path)
-    yield relays
-    await relays.kill_all()
-
-
-def drain_datagrams(sock: socket.socket) -> list[bytes]:
-    """Everything queued on a non-blocking datagram socket."""
-    received = []
-    with contextlib.suppress(BlockingIOError):
-        while True:
-            received.append(sock.recv(4096))
-    return received
 
 
 def write_yaml(path: Path, data: dict[str, Any]) -> str:
@@ -103,14 +80,6 @@ def about(queue_id: str) -> Callable[[dict[str, Any]], bool]:
 
 async def send(relay: RelayProcess, content: bytes, **options: Any) -> Reply:
     return await asyncio.to_thread(send_message, relay.port, content, **options)
-
-
-async def wait_for_ids(sink: ReservedSink, wanted: set[bytes], timeout: float) -> None:
-    await wait_until(
-        lambda: wanted <= set(sink.message_ids()),
-        timeout=timeout,
-        what=f"{len(wanted)} message(s) at the sink (have {len(sink.handler.messages)})",
-    )
 
 
 # -- crash safety -------------------------------------------------------------
@@ -155,50 +124,25 @@ async def test_when_killed_mid_flow_then_every_acknowledged_message_is_delivered
     config = write_config(tmp_path)
     data_dir = tmp_path / "data"
     first = await launcher.start(config, data_dir, upstream.port)
-    acknowledged: dict[bytes, str] = {}
-    attempted: set[bytes] = set()
-    unexpected: list[Reply] = []
-    enough = asyncio.Event()
 
-    async def keep_sending(worker: int) -> None:
-        for number in range(1000):
-            content = make_message(f"flow {worker}/{number}", size=4_000)
-            attempted.add(message_id(content))
-            try:
-                reply = await send(first, content)
-            except (OSError, smtplib.SMTPException):
-                return  # the relay is gone: this one was never acknowledged
-            if reply.code != 250:
-                unexpected.append(reply)
-                return
-            acknowledged[message_id(content)] = reply.queue_id
-            if len(acknowledged) >= 12:
-                enough.set()
-
-    senders = [asyncio.create_task(keep_sending(worker)) for worker in range(4)]
-    try:
-        async with asyncio.timeout(30):
-            await enough.wait()
+    async def kill() -> None:
         first.send_signal(signal.SIGKILL)
-        async with asyncio.timeout(30):
-            await asyncio.gather(*senders)
-    finally:
-        for task in senders:
-            task.cancel()
+
+    flow = await send_until_killed(first.port, kill, senders=4, enough=12)
     assert await first.wait_exit(timeout=10) == -signal.SIGKILL
-    assert unexpected == []
+    assert flow.unexpected == []
 
     await upstream.open()
     second = await launcher.start(config, data_dir, upstream.port)
 
-    assert second.named("relay.listening")[0]["resumed"] >= len(acknowledged)
-    await wait_for_ids(upstream, set(acknowledged), DELIVERY_TIMEOUT)
+    assert second.named("relay.listening")[0]["resumed"] >= len(flow.acknowledged)
+    await wait_for_ids(upstream, set(flow.acknowledged), DELIVERY_TIMEOUT)
     await asyncio.sleep(SETTLE)
     delivered = upstream.message_ids()
     assert len(delivered) == len(set(delivered)), "a message was delivered twice"
-    assert set(acknowledged) <= set(delivered)
+    assert set(flow.acknowledged) <= set(delivered)
     # Stored but killed before its 250 went out is allowed (the client resends); invented is not.
-    assert set(delivered) <= attempted
+    assert set(delivered) <= flow.attempted
 
 
 # -- SIGTERM ------------------------------------------------------------------

@@ -52,7 +52,9 @@ from tests.processes import (
     RelayProcess,
     Reply,
     ReservedSink,
+    is_running,
     send_message,
+    serving_processes,
 )
 from tests.sink import Captured, CaptureHandler
 
@@ -540,15 +542,23 @@ class Runs:
     """The relay processes of one test, one after another on one data folder."""
 
     def __init__(
-        self, launcher: RelayLauncher, config: Path, data_dir: Path, sink: LedgerSink
+        self,
+        launcher: RelayLauncher,
+        config: Path,
+        data_dir: Path,
+        sink: LedgerSink,
+        *,
+        processes: int = 1,
     ) -> None:
         self.launcher = launcher
         self.config = config
         self.data_dir = data_dir
         self.sink = sink
+        self.processes = processes  # the config's server.processes
         self.runs: list[RelayProcess] = []
         self.ends: list[str] = []  # how each finished run ended: "SIGKILL" or "SIGTERM"
         self.current: RelayProcess | None = None
+        self._children: list[int] = []  # the running parent's relay processes
 
     def port(self) -> int | None:
         relay = self.current
@@ -558,6 +568,8 @@ class Runs:
         assert self.current is None, "a relay is running already"
         self.sink.handler.run = len(self.runs)  # its deliveries start before it listens
         relay = await self.launcher.start(self.config, self.data_dir, self.sink.port)
+        if self.processes > 1:
+            self._children = await serving_processes(relay, self.processes)
         self.runs.append(relay)
         self.current = relay
         return relay
@@ -570,6 +582,9 @@ class Runs:
             self._running().send_signal(signal.SIGKILL)
         code = await relay.wait_exit(timeout=10)
         assert code == -signal.SIGKILL, (code, relay.log_text()[-3000:])
+        # Gone with their parent: nothing of this run may still deliver during the next.
+        outlived = [pid for pid in self._children if is_running(pid)]
+        assert outlived == [], f"relay processes {outlived} outlived their killed parent"
         self.ends.append("SIGKILL")
         self.current = None
 
