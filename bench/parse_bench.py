@@ -7,6 +7,7 @@ the peak memory of parsing a message with a 25 MB attachment (measured in a
 child process so earlier work does not count).
 
     python bench/parse_bench.py            # from the project root, in the venv
+    python bench/parse_bench.py --only xlsx --repeat 40   # one format's throughput only
 """
 
 from __future__ import annotations
@@ -124,10 +125,12 @@ def _time(fn: Callable[[], object], repeat: int) -> list[float]:
     return times
 
 
-def throughput(repeat: int) -> list[dict[str, object]]:
+def throughput(repeat: int, only: list[str] | None = None) -> list[dict[str, object]]:
     rows = []
     limits = Limits()
     for name, (module_name, build, _) in FORMATS.items():
+        if only and name not in only:
+            continue
         data = build()
         try:
             module = importlib.import_module(module_name)
@@ -195,6 +198,14 @@ def _child_peak_memory() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=sorted(FORMATS),
+        metavar="FORMAT",
+        help=f"time only this format ({', '.join(FORMATS)}; repeatable), with --repeat runs "
+        "rather than --repeat/4, and skip the PDF-message latency and 25 MB memory runs",
+    )
     parser.add_argument("--child-memory", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_memory:
@@ -202,13 +213,18 @@ def main() -> None:
         return
     print(f"# parse benchmark ({platform.python_version()}, nproc {os.cpu_count()})\n")
     print("| format | input MB | median ms | MB/s |\n|---|---:|---:|---:|")
-    for row in throughput(max(args.repeat // 4, 3)):
+    repeat = max(args.repeat, 3) if args.only else max(args.repeat // 4, 3)
+    for row in throughput(repeat, args.only):
         if "error" in row:
             print(f"| {row['format']} | - | - | {row['error']} |")
         else:
             print(
                 f"| {row['format']} | {row['input_mb']} | {row['median_ms']} | {row['mb_per_s']} |"
             )
+    if args.only:
+        only = " ".join(f"--only {name}" for name in args.only)
+        print(f"\nreproduce: python bench/parse_bench.py {only} --repeat {args.repeat}")
+        return
     latency = pdf_message_latency(args.repeat * 10)
     print(
         f"\n60 KB PDF message ({latency['message_kb']} KB): parse median "

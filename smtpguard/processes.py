@@ -1,8 +1,9 @@
 """Several relay processes sharing one listening socket (`server.processes`).
 
 One event loop uses one core; with `processes: N` the relay runs N copies of
-itself that accept from the same socket, so a two-core machine relays about
-twice the mail. The parent binds the socket (port 0 works: every process gets
+itself that accept from the same socket, for machines with cores to spare
+(on a 2-core machine that also runs the mail server, it does not pay: see
+README "Using every core"). The parent binds the socket (port 0 works: every process gets
 the port the parent got), starts process 0, which alone recovers the store
 (claims left by a crash, messages never scanned) and runs the review clock,
 then the others, and tells systemd it is ready once all of them are.
@@ -20,15 +21,13 @@ import asyncio
 import contextlib
 import ctypes
 import json
-import mmap
 import os
 import signal
 import socket
-import struct
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,16 +48,13 @@ _RESTART_WINDOW = 60.0
 
 @dataclass(frozen=True)
 class ProcessRole:
-    """Which share of the relay's work this process does, and the descriptors it shares."""
+    """Which share of the relay's work this process does."""
 
     index: int = 0
     count: int = 1
     listen_fd: int | None = None  # the listening socket, inherited from the parent
     ready_fd: int | None = None  # "host port" is written here once the process serves
     parent: int | None = None
-    board_fd: int | None = None  # every process's load (see Handoff)
-    inbox_fd: int | None = None  # message ids handed to this process
-    outbox_fds: dict[int, int] = field(default_factory=dict)  # sibling index -> its inbox
 
     @property
     def first(self) -> bool:
@@ -70,9 +66,7 @@ class ProcessRole:
 
     @classmethod
     def decode(cls, value: str) -> ProcessRole:
-        fields = json.loads(value)
-        fields["outbox_fds"] = {int(k): v for k, v in fields["outbox_fds"].items()}
-        return cls(**fields)
+        return cls(**json.loads(value))
 
     def listening_socket(self) -> socket.socket | None:
         return None if self.listen_fd is None else socket.socket(fileno=self.listen_fd)
@@ -83,105 +77,6 @@ class ProcessRole:
         with contextlib.suppress(OSError):
             os.write(self.ready_fd, f"{address[0]} {address[1]}\n".encode())
             os.close(self.ready_fd)
-
-
-_LOAD = struct.Struct("=i")
-
-
-class Handoff:
-    """Freshly received mail handed to an idle sibling process, to scan and deliver.
-
-    A client sending one message after another keeps one process busy with its
-    connection while the others wait for one of their own; scanning and
-    delivering that client's mail in an idle sibling lets both cores work on
-    it. Each process publishes how many SMTP sessions it serves on a shared page;
-    a message goes to a sibling only when that sibling serves none, so under
-    real concurrency (every process has clients) nothing moves. The row is committed first
-    (`Store.publish`), then the id sent over a datagram socket only the
-    relay's processes hold; a message that cannot be handed over is scanned
-    where it was received. A process that dies with ids unread restarts the
-    whole set, and process 0's recovery scans them.
-    """
-
-    def __init__(self, role: ProcessRole) -> None:
-        if role.board_fd is None or role.inbox_fd is None:
-            raise ValueError("a hand-off needs the load board and an inbox")
-        self.index = role.index
-        self._board = mmap.mmap(role.board_fd, _LOAD.size * role.count)
-        self._inbox = socket.socket(fileno=role.inbox_fd)
-        self._inbox.setblocking(False)
-        self._outboxes = {i: socket.socket(fileno=fd) for i, fd in role.outbox_fds.items()}
-        for outbox in self._outboxes.values():
-            outbox.setblocking(False)
-        # Siblings tried in turn from the next one, so that no one process takes all.
-        self._order = sorted(self._outboxes, key=lambda i: (i - self.index) % role.count)
-        self._listening = False
-
-    def set_load(self, load: int) -> None:
-        _LOAD.pack_into(self._board, _LOAD.size * self.index, load)
-
-    def _load_of(self, index: int) -> int:
-        return int(_LOAD.unpack_from(self._board, _LOAD.size * index)[0])
-
-    def idle_sibling(self) -> int | None:
-        return next((i for i in self._order if self._load_of(i) <= 0), None)
-
-    def send(self, index: int, message_id: str) -> bool:
-        """False when the sibling's inbox is full or gone: scan it here instead."""
-        try:
-            self._outboxes[index].send(message_id.encode("ascii"))
-        except OSError:
-            return False
-        # Counted busy until it says otherwise, so a burst does not all go to it.
-        _LOAD.pack_into(self._board, _LOAD.size * index, max(1, self._load_of(index)))
-        return True
-
-    def listen(self, take: Callable[[str], None]) -> None:
-        asyncio.get_running_loop().add_reader(self._inbox.fileno(), self._read, take)
-        self._listening = True
-
-    def _read(self, take: Callable[[str], None]) -> None:
-        while True:
-            try:
-                data = self._inbox.recv(256)
-            except (BlockingIOError, InterruptedError):
-                return
-            take(data.decode("ascii", "replace"))
-
-    def stop_listening(self) -> None:
-        """At shutdown: ids sent from now on stay unread, and are scanned at the next start."""
-        if self._listening:
-            asyncio.get_running_loop().remove_reader(self._inbox.fileno())
-            self._listening = False
-        self.set_load(1 << 30)  # never idle again: nobody hands this process anything
-
-
-class _Shared:
-    """The descriptors one set of processes shares; new ones for every (re)start, so
-    that ids handed over before a crash are never read by the next set."""
-
-    def __init__(self, count: int) -> None:
-        self.board = os.memfd_create("smtpguard-load")
-        os.ftruncate(self.board, _LOAD.size * count)
-        self.inboxes = [socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in range(count)]
-
-    def role(self, index: int, count: int, listen_fd: int, ready_fd: int) -> ProcessRole:
-        return ProcessRole(
-            index=index,
-            count=count,
-            listen_fd=listen_fd,
-            ready_fd=ready_fd,
-            parent=os.getpid(),
-            board_fd=self.board,
-            inbox_fd=self.inboxes[index][0].fileno(),
-            outbox_fds={i: pair[1].fileno() for i, pair in enumerate(self.inboxes) if i != index},
-        )
-
-    def close(self) -> None:
-        os.close(self.board)
-        for inbox, outbox in self.inboxes:
-            inbox.close()
-            outbox.close()
 
 
 def role_from_environment() -> ProcessRole:
@@ -249,15 +144,14 @@ class Supervisor:
                 command += [flag, str(value)]
         return command
 
-    async def _spawn(self, index: int, sock: socket.socket, shared: _Shared) -> _Child:
+    async def _spawn(self, index: int, sock: socket.socket) -> _Child:
         read_end, write_end = os.pipe()
-        role = shared.role(index, self.count, sock.fileno(), write_end)
+        role = ProcessRole(index, self.count, sock.fileno(), write_end, os.getpid())
         env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
         env[ROLE_ENV] = role.encode()
-        descriptors = [sock.fileno(), write_end, shared.board, role.inbox_fd or -1]
         try:
             process = await asyncio.create_subprocess_exec(
-                *self._command(), env=env, pass_fds=(*descriptors, *role.outbox_fds.values())
+                *self._command(), env=env, pass_fds=(sock.fileno(), write_end)
             )
         finally:
             os.close(write_end)
@@ -265,10 +159,8 @@ class Supervisor:
         ready = loop.run_in_executor(None, _read_ready, read_end)
         return _Child(index, process, ready)
 
-    async def _start_one(
-        self, index: int, sock: socket.socket, shared: _Shared
-    ) -> tuple[str, int] | None:
-        child = await self._spawn(index, sock, shared)
+    async def _start_one(self, index: int, sock: socket.socket) -> tuple[str, int] | None:
+        child = await self._spawn(index, sock)
         self._children.append(child)
         exited = asyncio.ensure_future(child.process.wait())
         stop = asyncio.ensure_future(self._stop.wait())
@@ -286,11 +178,11 @@ class Supervisor:
             )
         return None
 
-    async def _start_all(self, sock: socket.socket, shared: _Shared) -> tuple[str, int] | None:
+    async def _start_all(self, sock: socket.socket) -> tuple[str, int] | None:
         """Process 0 first: it recovers the store while no other process can touch it."""
         address = None
         for index in range(self.count):
-            started = await self._start_one(index, sock, shared)
+            started = await self._start_one(index, sock)
             if started is None or self._stop.is_set():
                 return None
             address = address or started
@@ -352,11 +244,7 @@ class Supervisor:
         announced = False
         try:
             while True:
-                shared = _Shared(self.count)
-                try:
-                    outcome = await self._run_set(sock, shared, on_ready, announced)
-                finally:
-                    shared.close()
+                outcome = await self._run_set(sock, on_ready, announced)
                 if outcome is not None:
                     return outcome
                 announced = True
@@ -372,14 +260,13 @@ class Supervisor:
     async def _run_set(
         self,
         sock: socket.socket,
-        shared: _Shared,
         on_ready: Callable[[tuple[str, int]], None] | None,
         announced: bool,
     ) -> int | None:
         """One set of processes, from start to stop; None when it has to start again."""
         from smtpguard.relay import notify_systemd
 
-        address = await self._start_all(sock, shared)
+        address = await self._start_all(sock)
         if address is None:
             await self._stop_all()
             return 0 if self._stop.is_set() else 1

@@ -37,7 +37,7 @@ from smtpguard.listen import Listener, Receipt, listener_settings, replies
 from smtpguard.log import configure_logging
 from smtpguard.metrics import HealthCheck, MetricsServer, RelayMetrics
 from smtpguard.parse import ParsePool
-from smtpguard.processes import Handoff, ProcessRole, Supervisor, role_from_environment
+from smtpguard.processes import ProcessRole, Supervisor, role_from_environment
 from smtpguard.review.clock import AUDIT_ACTOR, ReviewClock
 from smtpguard.review.record import ReviewRecord
 from smtpguard.spool import (
@@ -138,9 +138,6 @@ class Relay:
         self.metrics = metrics
         self._pressure = _Pressure()
         self._scans: set[asyncio.Task[object]] = set()
-        # With several processes: where mail received here may be scanned instead.
-        self.handoff: Handoff | None = None
-        self.sessions: Callable[[], int] = lambda: 0
 
     # -- Intake -----------------------------------------------------------
 
@@ -232,7 +229,7 @@ class Relay:
         if self.metrics is not None:
             self.metrics.received(self.config.server.mode)
         if state is MessageState.RECEIVED:
-            self._scan_here_or_hand_off(message_id, envelope, content)
+            self._scan_later(message_id, envelope, content)
         elif state is MessageState.QUEUED:
             self.queue.submit(Job(message_id, content=content))
         return Receipt(message_id)
@@ -316,42 +313,7 @@ class Relay:
         """Scans run as tasks; they are awaited (within the drain time) at shutdown."""
         task = asyncio.create_task(scan)
         self._scans.add(task)
-        task.add_done_callback(self._untrack)
-        self.publish_load()
-
-    def _untrack(self, task: asyncio.Task[object]) -> None:
-        self._scans.discard(task)
-        self.publish_load()
-
-    def publish_load(self) -> None:
-        """Sessions only: a process scanning a sibling's mail still has a core to spare
-        for more of it, while one serving a client needs its loop for the replies."""
-        if self.handoff is not None:
-            self.handoff.set_load(self.sessions())
-
-    def _scan_here_or_hand_off(self, message_id: str, envelope: Envelope, content: bytes) -> None:
-        sibling = self.handoff.idle_sibling() if self.handoff is not None else None
-        if sibling is None:
-            self._scan_later(message_id, envelope, content)
-        else:
-            self._track(self._hand_off(sibling, message_id, envelope, content))
-
-    async def _hand_off(
-        self, sibling: int, message_id: str, envelope: Envelope, content: bytes
-    ) -> None:
-        """An idle sibling process scans and delivers it while this one receives."""
-        assert self.handoff is not None
-        try:
-            await self.store.publish(message_id)
-            if self.handoff.send(sibling, message_id):
-                return
-        except Exception as exc:
-            log.warning("handoff.failed", id=message_id, error=type(exc).__name__)
-        await self._scan(message_id, envelope, content)
-
-    def take_handed(self, message_id: str) -> None:
-        """A sibling process received this message and has written its row."""
-        self._track(self._rescan(message_id))
+        task.add_done_callback(self._scans.discard)
 
     async def _rescan(self, message_id: str) -> None:
         """A message that was stored but not scanned (a restart, or a scan that failed)."""
@@ -658,11 +620,6 @@ class RelayService:
         if self.metrics is not None:
             self.metrics.watch_sessions(self.listener.registry.sessions)
             self.listener.registry.on_reply = self.metrics.replied
-        if self.role.count > 1 and config.server.mode == "after-queue":
-            registry = self.listener.registry
-            self.relay.handoff = Handoff(self.role)
-            self.relay.sessions = lambda: len(registry.sessions)
-            registry.on_change = self.relay.publish_load
         self._stop = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
 
@@ -690,9 +647,6 @@ class RelayService:
         resumed = await self.relay.resume() if self.role.first else 0
         self.queue.start()
         self.queue.wake()
-        if self.relay.handoff is not None:
-            self.relay.publish_load()
-            self.relay.handoff.listen(self.relay.take_handed)
         self._background.append(asyncio.create_task(self.relay.watch_pressure()))
         if self.role.first:
             self._background.append(asyncio.create_task(self._run_review_clock()))
@@ -799,8 +753,6 @@ class RelayService:
         timeout = self.config.server.drain_timeout
         log.info("relay.stopping", sessions=len(self.listener.registry.sessions))
         self.listener.stop_accepting()
-        if self.relay.handoff is not None:
-            self.relay.handoff.stop_listening()
         drained = await self.listener.drain(timeout)
         await self.relay.finish_scans(timeout)
         await self.queue.stop(timeout)

@@ -14,7 +14,6 @@ import asyncio
 import json
 import os
 import signal
-import smtplib
 import socket
 import time
 from collections import Counter
@@ -27,8 +26,6 @@ from typing import Any
 from tests.conftest import write_config
 from tests.processes import (
     EVENT_TIMEOUT,
-    RECIPIENT,
-    SENDER,
     START_TIMEOUT,
     RelayLauncher,
     RelayProcess,
@@ -138,46 +135,6 @@ async def test_when_ten_clients_send_then_both_processes_accept_and_each_message
     accepted_by = Counter(received.get(r.queue_id) for r in replies)
     assert set(accepted_by) == {0, 1}, f"messages per accepting process: {accepted_by}"
     assert relay.returncode is None
-
-
-def send_over_one_session(port: int, contents: list[bytes]) -> list[Reply]:
-    """Message after message on one connection, as a mail server relaying to us does
-    when it has one message at a time (blocking)."""
-    replies = []
-    with smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=10) as client:
-        client.ehlo()
-        for content in contents:
-            client.mail(SENDER)
-            client.rcpt(RECIPIENT)
-            code, text = client.data(content)
-            replies.append(Reply(code, text.decode(), "DATA"))
-    return replies
-
-
-async def test_when_one_client_sends_message_after_message_then_the_idle_process_scans_them(
-    tmp_path: Path, upstream: ReservedSink, launcher: RelayLauncher
-) -> None:
-    """The hand-off: the process serving the only session receives; the other one,
-    serving none, scans and delivers. Nothing is lost or sent twice on the way."""
-    await upstream.open()
-    relay, _ = await start_two(launcher, tmp_path, upstream)
-    contents = [make_message(f"one by one {n}", size=2_000) for n in range(40)]
-
-    async with asyncio.timeout(60):
-        replies = await asyncio.to_thread(send_over_one_session, relay.port, contents)
-
-    assert [r for r in replies if r.code != 250] == []
-    await delivered_exactly_once(upstream, {message_id(c) for c in contents})
-    received = {e["id"]: e.get("process") for e in relay.named("message.received")}
-    scanned = {e["id"]: e.get("process") for e in relay.named("message.scanned")}
-    ids = [r.queue_id for r in replies]
-    assert len({received[i] for i in ids}) == 1, "one session: one receiving process"
-    elsewhere = [i for i in ids if scanned[i] != received[i]]
-    # A message is scanned where it arrived only while the other process has not yet
-    # picked up the one before (it counts as busy until then): a few, on a slow machine.
-    assert len(elsewhere) >= len(ids) // 2, f"{len(elsewhere)} of {len(ids)} handed over"
-    assert Counter(e["id"] for e in relay.named("message.scanned")) == Counter(ids)
-    assert relay.named("handoff.failed") == []
 
 
 # -- readiness, stop, reload ------------------------------------------------------------

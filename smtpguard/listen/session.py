@@ -49,21 +49,15 @@ class SessionRegistry:
     all_closed: asyncio.Event = field(default_factory=asyncio.Event)
     # Told of every reply line sent (for the metrics' reply counts); None: nobody counts.
     on_reply: Callable[[str], None] | None = None
-    # Told when a session opens or closes (a relay process publishes its load).
-    on_change: Callable[[], None] | None = None
 
     def add(self, session: GuardSMTP) -> None:
         self.sessions.add(session)
         self.all_closed.clear()
-        if self.on_change is not None:
-            self.on_change()
 
     def discard(self, session: GuardSMTP) -> None:
         self.sessions.discard(session)
         if not self.sessions:
             self.all_closed.set()
-        if self.on_change is not None:
-            self.on_change()
 
     def close_idle(self) -> None:
         for session in list(self.sessions):

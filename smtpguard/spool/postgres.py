@@ -576,9 +576,6 @@ class PostgresStore(Store):
                 released.append(message_id)
             return released
 
-    async def publish(self, message_id: str) -> None:
-        """Nothing to do: `accept` commits the row with the message."""
-
     async def recover(self) -> list[str]:
         """Release this process's own and run-out claims; return the unfinished messages
         this instance may take up (not those another live instance holds a lease on).

@@ -370,10 +370,6 @@ class SQLiteStore(Store):
         self._unindexed[message_id] = (message_row, recipient_rows)
         asyncio.get_running_loop().call_later(_INDEX_DELAY, self._index_later, message_id)
 
-    async def publish(self, message_id: str) -> None:
-        if message_id in self._unindexed:
-            await self._write(_nothing, subject=message_id)  # carries the row with it
-
     def _insert(self, message_row: tuple[Any, ...], recipient_rows: list[tuple[Any, ...]]) -> None:
         self._db.execute(
             # OR IGNORE: a row already written (by a commit whose success was not seen
@@ -980,10 +976,6 @@ class SQLiteStore(Store):
 
     async def retry_now(self, now: float) -> int:
         return await self._write(self._retry_now, now)
-
-
-def _nothing() -> None:
-    """A change with nothing in it: its commit writes the row of the message it is about."""
 
 
 def read_correspondents(data_dir: Path, sender: str, recipients: Sequence[str]) -> frozenset[str]:

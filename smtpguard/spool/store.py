@@ -148,11 +148,6 @@ class Store(abc.ABC):
     async def counts(self) -> QueueCounts: ...
 
     @abc.abstractmethod
-    async def publish(self, message_id: str) -> None:
-        """Make an accepted message's row visible to other processes now, so that
-        another relay process can scan it."""
-
-    @abc.abstractmethod
     async def messages(
         self, states: Sequence[MessageState], limit: int = 1000
     ) -> list[MessageRecord]: ...

@@ -19,7 +19,7 @@ import functools
 import math
 import re
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 from smtpguard.parse.extract import Extraction, Limits, Uninspectable
 from smtpguard.parse.extract.ooxml import (
@@ -162,6 +162,10 @@ def _read_styles(pkg: Package, name: str | None) -> _Styles:
 
 def _rich_text(element: Node) -> str:
     """Text of an <si>, <is> or comment <text>: plain t plus rich-text runs, phonetics left out."""
+    if len(element) == 1:  # the usual lone <t>
+        only = element[0]
+        if only.tag in T:
+            return only.text or ""
     pieces: list[str] = []
     for child in element:
         tag = child.tag
@@ -185,17 +189,40 @@ def _shared_strings(pkg: Package, name: str | None) -> list[str]:
 
 
 def _number(text: str) -> str:
-    """Render a stored number with all its digits: '9434765919', not '9.43E+09'."""
+    """Render a stored number with all its digits: '9434765919', not '9.43E+09'.
+
+    Mostly answered without `Decimal`; `_exact_number` has the rules, and its results are
+    the ones this returns (tests/parse/test_xlsx_cells.py holds it to that).
+    """
     if text.isdigit():
         return text
     try:
+        number = float(text)
+    except ValueError:  # Decimal reads more than float: '1__0', '_1', stray whitespace
+        return _exact_number(text)
+    if not number.is_integer():
+        if math.isfinite(number):
+            # A decimal that is a whole number is one as a double as well, so this one is
+            # not, and `_exact_number` would print repr(float(Decimal(text))): the correctly
+            # rounded double of the same decimal, which float(text) already is.
+            return repr(number)
+    elif (
+        text[0] == "-" and text.isascii() and text[1:].isdigit() and len(text) <= 22
+    ):  # a negative integer under 1e21
+        return text if text[1] != "0" else str(int(text))
+    return _exact_number(text)
+
+
+def _exact_number(text: str) -> str:
+    """The general case of `_number`: whole numbers keep every digit (float loses past 2**53)."""
+    try:
         value = Decimal(text)
-    except InvalidOperation:
+        if not value.is_finite():
+            return text
+        if value == value.to_integral_value() and abs(value) < Decimal("1e21"):
+            return str(int(value))
+    except ArithmeticError:  # InvalidOperation; Overflow for 1e1000000
         return text
-    if not value.is_finite():
-        return text
-    if value == value.to_integral_value() and abs(value) < Decimal("1e21"):
-        return str(int(value))
     return repr(float(value))
 
 
@@ -209,7 +236,8 @@ def _date(text: str, date1904: bool) -> str:
         serial = float(text)
     except ValueError:
         return text
-    if not math.isfinite(serial) or not 0 <= serial < 2_958_466:  # up to 9999-12-31
+    # Up to 9999-12-31 (1,462 days fewer from the 1904 epoch).
+    if not math.isfinite(serial) or not 0 <= serial < (2_957_004 if date1904 else 2_958_466):
         return _number(text)
     moment = (_EPOCH_1904 if date1904 else _EPOCH_1900) + dt.timedelta(days=serial)
     moment = moment.replace(microsecond=0) + dt.timedelta(
@@ -246,30 +274,42 @@ class _SheetReader:
         self.flags: set[str] = set()
 
     def cell_text(self, cell: Node) -> str:
-        kind = cell.get("t")
+        """The text of one <c>: its first inline string, else its last <v> read by type."""
         value: str | None = None
-        for child in cell:
+        if len(cell) == 1:  # the usual lone <v> or <is>: no iterator needed
+            child = cell[0]
             tag = child.tag
             if tag in V:
                 value = child.text
             elif tag in IS:
                 return _rich_text(child)
+        else:
+            for child in cell:
+                tag = child.tag
+                if tag in V:
+                    value = child.text
+                elif tag in IS:
+                    return _rich_text(child)
         if value is None:
             return ""
-        if kind is None or kind == "n":
-            style = cell.get("s")
-            if style is not None and self.styles.dates:
-                try:
-                    if int(style) in self.styles.dates:
-                        return _date(value, self.date1904)
-                except ValueError:
-                    pass
-            return _number(value)
+        kind = cell.get("t")
         if kind == "s":
             try:
-                return self.strings[int(value)]
+                index = int(value)
+                return self.strings[index] if index >= 0 else ""
             except (ValueError, IndexError):
                 return ""
+        if kind is None or kind == "n":
+            dates = self.styles.dates
+            if dates:
+                style = cell.get("s")
+                if style is not None:
+                    try:
+                        if int(style) in dates:
+                            return _date(value, self.date1904)
+                    except ValueError:
+                        pass
+            return _number(value)
         if kind == "b":
             return "TRUE" if value.strip() == "1" else "FALSE"
         return value  # str (formula result), e (error), d (ISO date), inlineStr with <v>
@@ -300,30 +340,34 @@ class _SheetReader:
 
     def _row(self, row: Node, hidden_cols: list[tuple[int, int]]) -> None:
         values: list[str] = []
+        append = values.append
+        cell_text = self.cell_text
         column = 0
-        styles = self.styles
         in_hidden_col = False
+        invisible = self.styles.invisible
         for cell in row:
             if cell.tag not in CELL:
                 continue
-            text = self.cell_text(cell)
+            text = cell_text(cell)
             if hidden_cols:
                 column = _column_index(cell.get("r"), column)
                 if text and any(low <= column <= high for low, high in hidden_cols):
                     in_hidden_col = True
             if text:
-                values.append(text)
-                if styles.invisible:
+                append(text)
+                if invisible:
                     style = cell.get("s")
-                    if style is not None and style.isdigit() and int(style) in styles.invisible:
+                    if style is not None and style.isascii() and style.isdigit() and (
+                        int(style) in invisible
+                    ):
                         self.flags.add(Flag.HIDDEN_TEXT)
         if not values:
             return
         if in_hidden_col:
             self.flags.add(Flag.HIDDEN_COLUMNS)
         height = row.get("ht")
-        zero_height = _flag(row.get("customHeight")) and height is not None and _float(height) == 0
-        if _flag(row.get("hidden")) or zero_height:
+        zero_height = height is not None and _flag(row.get("customHeight")) and _float(height) == 0
+        if zero_height or _flag(row.get("hidden")):
             self.flags.add(Flag.HIDDEN_ROWS)
         if not self.sink.full:
             self.sink.line("\t".join(values))
