@@ -164,6 +164,7 @@ class SQLiteStore(Store):
         # of them whose row is being written by itself.
         self._unindexed: dict[str, _Rows] = {}
         self._indexing: set[str] = set()
+        self._index_failed: set[str] = set()  # rows whose write failed (reported once)
         # (sender, recipient) pairs known to have had a delivery: they only ever grow, so
         # a hit needs no trip to the store thread (which is busy with commits).
         self._known_pairs: set[tuple[str, str]] = set()
@@ -232,9 +233,20 @@ class SQLiteStore(Store):
 
     def _index_done(self, message_id: str, rows: _Rows, index: asyncio.Future[Any]) -> None:
         self._indexing.discard(message_id)
-        _report_index_failure(message_id, index)  # kept: tried again with the next change
-        if not index.cancelled() and index.exception() is None:
+        if index.cancelled():
+            return
+        error = index.exception()
+        if error is None:
             self._indexed(message_id, rows)
+            if message_id in self._index_failed:
+                self._index_failed.discard(message_id)
+                log.info("store.index_written", id=message_id)
+        elif message_id not in self._index_failed:
+            # Said once per message, not at every retry (each store read retries it: a
+            # full disk made thousands of lines). The message is safe in its spool
+            # file, and its row is written by a later commit.
+            self._index_failed.add(message_id)
+            log.error("store.index_failed", id=message_id, error=type(error).__name__)
 
     def _indexed(self, message_id: str, rows: _Rows) -> None:
         if self._unindexed.get(message_id) is rows:
@@ -931,11 +943,21 @@ class SQLiteStore(Store):
         )
 
     def _rebuild_missing_rows(self) -> list[str]:
-        """Spool files the index lost (a power cut): give them rows again, to be scanned."""
+        """Spool files the index lost (a power cut): give them rows again, to be scanned.
+
+        And files of finished messages, left by a crash between the commit that
+        finished them and the file's removal: removed now (nothing reads them)."""
         self.spool.remove_partial_writes()
-        known = {row[0] for row in self._db.execute("SELECT id FROM messages")}
+        states = dict(self._db.execute("SELECT id, state FROM messages").fetchall())
+        on_disk = set(self.spool.message_ids())
+        spare = sorted(i for i in on_disk & states.keys() if MessageState(states[i]).finished)
+        for message_id in spare:
+            self.spool.remove(message_id)
+        if spare:
+            self.spool.sync()
+            log.info("spool.finished_files_removed", count=len(spare))
         rebuilt = []
-        for message_id in sorted(set(self.spool.message_ids()) - known):
+        for message_id in sorted(on_disk - states.keys()):
             try:
                 header = self.spool.read_header(message_id)
             except (OSError, ValueError, KeyError) as exc:
@@ -1045,13 +1067,6 @@ def _in_order(*steps: Callable[[], Any]) -> Any:
     for step in steps:
         result = step()
     return result
-
-
-def _report_index_failure(message_id: str, index: asyncio.Future[None]) -> None:
-    if not index.cancelled() and index.exception() is not None:
-        # The message is safe in its spool file and is taken up again from it at
-        # the next start; until then it is not in the queue.
-        log.error("store.index_failed", id=message_id, error=type(index.exception()).__name__)
 
 
 def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:

@@ -149,3 +149,8 @@ async def test_disk_full_gets_4xx_never_a_false_250_and_the_relay_recovers(
     assert (452, "MAIL") in codes, report.line()
     assert while_full and all(s.outcome.answer is Answer.TEMPFAIL for s in while_full)
     assert integrity(data_dir) == "ok"
+    # A row that cannot be written is reported once, not at every retry (regression:
+    # ~1,600 store.index_failed lines in one run).
+    for relay in runs.runs:
+        failed = Counter(e["id"] for e in relay.named("store.index_failed"))
+        assert all(n == 1 for n in failed.values()), failed.most_common(3)
