@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from smtpguard.act.notices import build_outcome_notice
 from smtpguard.act.queue import store_notice
 from smtpguard.config.model import Config
+from smtpguard.inspect import read_message
 from smtpguard.review.decisions import approvals_needed, check_approval, enough
 from smtpguard.review.record import ReviewRecord
 from smtpguard.review.reviewers import Reviewer, ReviewRefused
@@ -164,6 +165,7 @@ class Quarantine:
         recipients: Sequence[str] | None,
         reason: str,
     ) -> Approved:
+        check_reason(reason, self.config)
         held = await self.get(message_id)
         chosen = self._chosen(held, recipients, (RecipientState.HELD,), "held")
         review = held.review
@@ -241,6 +243,7 @@ class Quarantine:
         *,
         tell: str | None,
     ) -> tuple[str, ...]:
+        check_reason(reason, self.config)
         held = await self.get(message_id)
         what = "delayed" if states == (RecipientState.DELAYED,) else "held or delayed"
         chosen = self._chosen(held, recipients, states, what)
@@ -338,3 +341,24 @@ def _still_needs(held: Held, recipient: str) -> str:
 
 
 __all__ = ["Approved", "Held", "HoldFilter", "Quarantine", "ReviewRefused"]
+
+
+# Findings a reason may carry: topics and case references name no one.
+_TOPICS = frozenset({"keywords", "protective_marking", "encryption_request", "case_reference"})
+
+
+def check_reason(reason: str, config: Config) -> None:
+    """A reason is kept in the audit log for good and sent to the sender: refuse one that
+    carries an identifier or a match against the council's registers (the detectors the
+    relay itself runs), naming the kind of data, never the value."""
+    raw = (
+        b"Subject: reason\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Transfer-Encoding: 8bit\r\n\r\n" + reason.encode("utf-8", "replace") + b"\r\n"
+    )
+    findings = read_message(raw, config.parse.limits(), settings=config.detect).findings
+    personal = sorted({f.detector.replace("_", " ") for f in findings if f.detector not in _TOPICS})
+    if personal:
+        raise ReviewRefused(
+            "the reason is kept in the audit log and sent to the sender, and it holds what"
+            f" looks like personal data ({', '.join(personal)}): give the reason without it"
+        )
