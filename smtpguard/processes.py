@@ -99,12 +99,13 @@ def _die_with_parent(parent: int | None) -> None:
 
 
 def bind_listener(host: str, port: int) -> socket.socket:
+    """Bound, not listening: process 0 listens when it starts serving, so that, as with
+    one process, nothing connects (a health check included) before the relay is ready."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
-        sock.listen(512)
     except OSError:
         sock.close()
         raise

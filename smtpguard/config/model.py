@@ -126,8 +126,8 @@ class ServerConfig(_Section):
     data_timeout: Seconds = 600.0
     drain_timeout: Seconds = 30.0
     tls: ListenerTLS | None = None
-    # Relay processes sharing the listening socket: one event loop is one core, so a
-    # machine with more cores than one relays more mail with more of them.
+    # Relay processes sharing the listening socket (one event loop uses one core): for
+    # machines with cores to spare; on a 2-core machine two were no faster (README).
     processes: Count = Field(default=1, ge=1, le=64)
 
 

@@ -238,9 +238,6 @@ class SQLiteStore(Store):
         error = index.exception()
         if error is None:
             self._indexed(message_id, rows)
-            if message_id in self._index_failed:
-                self._index_failed.discard(message_id)
-                log.info("store.index_written", id=message_id)
         elif message_id not in self._index_failed:
             # Said once per message, not at every retry (each store read retries it: a
             # full disk made thousands of lines). The message is safe in its spool
@@ -251,6 +248,9 @@ class SQLiteStore(Store):
     def _indexed(self, message_id: str, rows: _Rows) -> None:
         if self._unindexed.get(message_id) is rows:
             del self._unindexed[message_id]
+        if message_id in self._index_failed:
+            self._index_failed.discard(message_id)
+            log.info("store.index_written", id=message_id)
 
     def _commit_pending(self, loop: asyncio.AbstractEventLoop) -> None:
         with self._pending_lock:
