@@ -517,7 +517,6 @@ class Relay:
         unfinished = await self.store.recover()
         for message_id in unfinished:
             await self._rescan(message_id)
-        self.queue.wake()
         return len(unfinished)
 
     async def watch_pressure(self) -> None:
@@ -646,7 +645,7 @@ class RelayService:
         # keeps the review clock: the others would release its claims, or remind twice.
         resumed = await self.relay.resume() if self.role.first else 0
         self.queue.start()
-        self.queue.wake()
+        self.queue.wake()  # due mail is looked for now, not after the first poll interval
         self._background.append(asyncio.create_task(self.relay.watch_pressure()))
         if self.role.first:
             self._background.append(asyncio.create_task(self._run_review_clock()))

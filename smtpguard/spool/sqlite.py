@@ -942,11 +942,9 @@ class SQLiteStore(Store):
             (MessageState.QUEUED.value, MessageState.DELIVERING.value),
         )
 
-    def _rebuild_missing_rows(self) -> list[str]:
-        """Spool files the index lost (a power cut): give them rows again, to be scanned.
-
-        And files of finished messages, left by a crash between the commit that
-        finished them and the file's removal: removed now (nothing reads them)."""
+    def _reconcile_spool(self) -> list[str]:
+        """Spool files the index lost (a power cut) get rows again, to be scanned; files of
+        finished messages (a crash between their last commit and the file's removal) go."""
         self.spool.remove_partial_writes()
         states = dict(self._db.execute("SELECT id, state FROM messages").fetchall())
         on_disk = set(self.spool.message_ids())
@@ -986,7 +984,7 @@ class SQLiteStore(Store):
     async def recover(self) -> list[str]:
         # One process owns a SQLite store, so at start every claim is stale.
         await self._write(self._release_claims)
-        await self._run(self._rebuild_missing_rows)
+        await self._run(self._reconcile_spool)
         return await self._run(self._unfinished)
 
     def _retry_now(self, now: float) -> int:

@@ -276,7 +276,9 @@ class _SheetReader:
     def cell_text(self, cell: Node) -> str:
         """The text of one <c>: its first inline string, else its last <v> read by type."""
         value: str | None = None
-        if len(cell) == 1:  # the usual lone <v> or <is>: no iterator needed
+        # The usual lone <v> or <is> without an lxml iterator: the loop below written once
+        # over `(cell[0],) if len(cell) == 1 else cell` measured 3.5 % slower on 50k rows.
+        if len(cell) == 1:
             child = cell[0]
             tag = child.tag
             if tag in V:
