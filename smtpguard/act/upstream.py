@@ -24,7 +24,10 @@ from aiosmtplib import (
     SMTPResponseException,
     SMTPSenderRefused,
     SMTPServerDisconnected,
+    SMTPStatus,
+    SMTPTimeoutError,
 )
+from aiosmtplib.protocol import normalize_message_line_endings
 
 from smtpguard.config import UpstreamConfig
 from smtpguard.spool.model import RecipientOutcome, RecipientState
@@ -182,7 +185,7 @@ class Upstream:
             await client.rset()
             return
         try:
-            response = await client.data(transaction.content)
+            response = await _send_content(client, transaction.content, self.config.timeout)
         except SMTPDataError as exc:
             state, reply = _state_for(exc.code), _reply(exc.code, exc.message)
         else:
@@ -194,6 +197,47 @@ class Upstream:
         idle, self._idle = self._idle, []
         for client, _ in idle:
             await _polite_close(client)
+
+
+async def _send_content(
+    client: aiosmtplib.SMTP, content: bytes, timeout: float
+) -> aiosmtplib.SMTPResponse:
+    """DATA, then the message made transparent here rather than by aiosmtplib.
+
+    aiosmtplib runs two regular expressions over every byte (16 ms for a 2 MB
+    message, on the event loop); what the relay received is already CRLF-only,
+    so dot-stuffing is one `bytes.replace` (1.2 ms).
+    """
+    start = await client.execute_command(b"DATA")
+    if start.code != SMTPStatus.start_input:
+        raise SMTPDataError(start.code, start.message)
+    protocol = client.protocol
+    if protocol is None:
+        raise SMTPServerDisconnected("Connection lost")
+    try:
+        protocol.write(transparent(content))
+        protocol.write(b".\r\n")
+        # No await between the write and this call, so the reply cannot arrive unawaited.
+        response = await protocol.read_response(timeout=timeout)
+    except (SMTPServerDisconnected, SMTPTimeoutError):
+        client.close()  # the connection is out of step: never reused
+        raise
+    if response.code != SMTPStatus.completed:
+        raise SMTPDataError(response.code, response.message)
+    return response
+
+
+def transparent(content: bytes) -> bytes:
+    """The message as DATA sends it (RFC 5321 4.5.2): CRLF line endings, ending in
+    CRLF, a leading dot doubled. Content with a bare CR or LF (none from a client
+    gets this far) is normalised the way aiosmtplib would."""
+    crlf = content.count(b"\r\n")
+    if content.count(b"\n") != crlf or content.count(b"\r") != crlf:
+        content = normalize_message_line_endings(content)
+    elif not content.endswith(b"\r\n"):
+        content += b"\r\n"
+    content = content.replace(b"\r\n.", b"\r\n..")
+    return b"." + content if content.startswith(b".") else content
 
 
 def _all(transaction: Transaction, state: RecipientState, reply: str) -> list[RecipientOutcome]:
