@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import sink
-from messages import SCENARIOS
+from messages import SCENARIOS, template
 from relay_bench import (
     HOST,
     PROJECT_DIR,
@@ -193,16 +193,20 @@ def table(baseline: Side, candidate: Side, cells: list[tuple[str, int]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--baseline", default="HEAD", help="git revision to compare with")
-    parser.add_argument("--scenarios", default="plain", help=f"of {','.join(SCENARIOS)}")
+    parser.add_argument(
+        "--scenarios", default="plain", help=f"{','.join(SCENARIOS)}, office, text-<N>k, pdfs-<N>"
+    )
     parser.add_argument("--concurrency", default="1,20")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per load run")
     parser.add_argument("--warmup", type=float, default=0.5, help="seconds before each run")
     args = parser.parse_args(argv)
     scenarios = [s for s in args.scenarios.split(",") if s]
-    unknown = set(scenarios) - set(SCENARIOS)
-    if unknown:
-        parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    for scenario in scenarios:
+        try:
+            template(scenario)  # plain, pdf, office, text-<N>k, pdfs-<N>
+        except ValueError as exc:
+            parser.error(str(exc))
     cells = [(s, int(c)) for s in scenarios for c in args.concurrency.split(",")]
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="smtpguard-ab-") as tmp:

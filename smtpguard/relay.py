@@ -152,42 +152,24 @@ class Relay:
     async def receive(self, envelope: Envelope, content: bytes, tls: bool) -> Receipt:
         message_id = new_message_id()
         content = received_header(envelope, self.config.server.hostname, message_id) + content
-        verdict = reading = None
+        inspected = None
         if self.config.server.mode == "before-queue":
-            verdict, reading = await self._inspect(content, envelope, message_id)
-        if verdict is not None and verdict.action is Action.REJECT:
-            log.warning(
-                "message.rejected",
-                client=envelope.client_address,
-                size=len(content),
-                recipients=len(envelope.recipients),
-                domains=envelope.recipient_domains,
-                rules=_fired_rules(verdict),
-            )
-            reason = next((v.reason for v in verdict.recipients.values() if v.reason), "policy")
-            return Receipt(None, replies.R550_POLICY.format(reason=reason))
-        recipient_states = (
-            [_recipient_state(verdict.recipients[r].action) for r in envelope.recipients]
-            if verdict is not None
-            else None
-        )
+            inspected = await self._inspect(content, envelope, message_id)
+            verdict = inspected[0]
+            if verdict.action is Action.REJECT:
+                log.warning(
+                    "message.rejected",
+                    client=envelope.client_address,
+                    size=len(content),
+                    recipients=len(envelope.recipients),
+                    domains=envelope.recipient_domains,
+                    rules=_fired_rules(verdict),
+                )
+                reason = next((v.reason for v in verdict.recipients.values() if v.reason), "policy")
+                return Receipt(None, replies.R550_POLICY.format(reason=reason))
         # Shielded: once the store has the message, it is seen through even if
         # the client hangs up before reading the 250.
-        release_at = _release_at(verdict, time.time()) if verdict is not None else None
-        instructions = (
-            [_instructions(verdict.recipients[r]) for r in envelope.recipients]
-            if verdict is not None
-            else None
-        )
-        receipt = await asyncio.shield(
-            self._store(
-                message_id, envelope, content, tls, recipient_states, release_at, instructions
-            )
-        )
-        if verdict is not None and reading is not None and receipt.message_id is not None:
-            self._track(self._record_verdict(message_id, envelope, verdict, reading, content))
-            self._track(self._notify_holds(message_id, envelope, verdict, content, release_at))
-        return receipt
+        return await asyncio.shield(self._store(message_id, envelope, content, tls, inspected))
 
     async def _store(
         self,
@@ -195,22 +177,19 @@ class Relay:
         envelope: Envelope,
         content: bytes,
         tls: bool,
-        recipient_states: list[RecipientState] | None,
-        release_at: float | None = None,
-        instructions: list[Instructions] | None = None,
+        inspected: tuple[Verdict, Reading] | None,
     ) -> Receipt:
-        state = _message_state(recipient_states) if recipient_states else MessageState.RECEIVED
+        """Stored as received in both modes: a before-queue verdict is then acted on by
+        the same steps as an after-queue one, so a crash before its hold notice is
+        stored means the message is scanned again and the notice sent then."""
         try:
             await self.store.accept(
                 message_id,
                 envelope,
                 content,
-                state=state,
+                state=MessageState.RECEIVED,
                 origin=Origin.RELAY,
                 expires_at=envelope.received_at + self.config.delivery.lifetime,
-                recipient_states=recipient_states,
-                release_at=release_at,
-                instructions=instructions,
             )
         except OSError as exc:
             log.error("message.store_failed", client=envelope.client_address, error=exc.strerror)
@@ -229,10 +208,7 @@ class Relay:
         )
         if self.metrics is not None:
             self.metrics.received(self.config.server.mode)
-        if state is MessageState.RECEIVED:
-            self._scan_later(message_id, envelope, content)
-        elif state is MessageState.QUEUED:
-            self.queue.submit(Job(message_id, content=content))
+        self._track(self._scan(message_id, envelope, content, inspected=inspected))
         return Receipt(message_id)
 
     # -- scanning ------------------------------------------------------------
@@ -327,12 +303,18 @@ class Relay:
             log.error("scan.reload_failed", id=message_id, error=type(exc).__name__)
 
     async def _scan(
-        self, message_id: str, envelope: Envelope, content: bytes, notices_sent: bool = False
+        self,
+        message_id: str,
+        envelope: Envelope,
+        content: bytes,
+        notices_sent: bool = False,
+        inspected: tuple[Verdict, Reading] | None = None,
     ) -> None:
         """`notices_sent`: a retry of a scan that failed after storing its bounce and hold
-        notice (they are not sent twice)."""
+        notice (they are not sent twice); `inspected`: the verdict a before-queue relay
+        reached before its 250."""
         try:
-            verdict, reading = await self._inspect(content, envelope, message_id)
+            verdict, reading = inspected or await self._inspect(content, envelope, message_id)
             states = {
                 r: _recipient_state(verdict.recipients[r].action) for r in envelope.recipients
             }
