@@ -27,18 +27,9 @@ from tests.processes import (
     send_message,
     wait_until,
 )
+from tests.test_relay_smtp import EXAMPLE, NOTIFYING_POLICY  # holds mail to webmail
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "example"
 WEBMAIL = "dan.hart77@gmail.com"
-HOLD_WEBMAIL = """
-rules:
-  - name: hold-webmail
-    description: case material to a personal webmail address
-    when: {recipient: {class: webmail}}
-    action: quarantine
-    approvals: 2
-    severity: high
-"""
 ROUNDS = 4
 
 
@@ -59,7 +50,7 @@ def _send_and_kill_on_250(port: int, pid: int, subject: str) -> Reply | None:
 async def test_a_before_queue_hold_is_told_to_the_sender_even_if_the_relay_dies_at_its_250(
     tmp_path: Path, launcher: RelayLauncher, upstream: ReservedSink
 ) -> None:
-    (tmp_path / "policy.yaml").write_text(HOLD_WEBMAIL, encoding="utf-8")
+    (tmp_path / "policy.yaml").write_text(NOTIFYING_POLICY, encoding="utf-8")
     config = write_config(
         tmp_path,
         {
