@@ -52,6 +52,7 @@ from smtpguard.spool import (
     new_message_id,
     open_configured_store,
 )
+from smtpguard.spool.instance import DataFolderLock, instance_owner
 
 log = structlog.get_logger("smtpguard.relay")
 
@@ -568,7 +569,8 @@ class RelayService:
         self.config = config
         # The spool key (and DSN file) is read once, here: a new one takes effect at
         # restart, not on SIGHUP.
-        self.store = open_configured_store(config.store)
+        owner = instance_owner(config.store.data_dir)
+        self.store = open_configured_store(config.store, owner=owner)
         self.upstream = Upstream(config.upstream, config.server.hostname)
         # Only a relay that serves its metrics pays for counting them.
         self.metrics = RelayMetrics() if config.metrics.listen is not None else None
@@ -581,6 +583,7 @@ class RelayService:
             routes=_routes(config),
             tls_route=config.policy.tls_route,
             metrics=self.metrics,
+            owner=owner,
         )
         self.config_routes = config.policy.routes
         self.parser = ParsePool(
@@ -776,6 +779,12 @@ def run_relay(
     if role.count > 1:
         structlog.contextvars.bind_contextvars(process=role.index)
 
+    # The relay (or, with several processes, their supervisor) holds its data folder
+    # while it runs: its recovery may then release every claim it finds as its own.
+    folder = DataFolderLock(config.store.data_dir) if role.count == 1 else None
+    if folder is not None:
+        folder.acquire()
+
     async def main() -> int:
         if config.server.processes > 1 and role.count == 1:
             return await Supervisor(config_path, overrides, config).run(on_ready)
@@ -788,7 +797,11 @@ def run_relay(
         return 0
 
     try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main())
-    return uvloop.run(main())
+        try:
+            import uvloop
+        except ImportError:
+            return asyncio.run(main())
+        return uvloop.run(main())
+    finally:
+        if folder is not None:
+            folder.release()

@@ -157,6 +157,7 @@ class DeliveryQueue:
         routes: Mapping[str, Upstream] | None = None,
         tls_route: str | None = None,
         metrics: RelayMetrics | None = None,
+        owner: str | None = None,
     ) -> None:
         self.store = store
         self.upstream = upstream
@@ -168,7 +169,8 @@ class DeliveryQueue:
         self.config = config
         self.reporting_mta = reporting_mta
         self.workers = workers
-        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        # Leases name their owner; the relay passes its instance's (host and data folder).
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
         self._ready: asyncio.Queue[Job] = asyncio.Queue()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from smtpguard.config import Config, ConfigError, Overrides, default_config_path, load_config
+from smtpguard.spool.instance import DataFolderInUse
 
 EXIT_OK = 0
 EXIT_HELD = 1
@@ -294,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         return handlers[args.command](args)
-    except ConfigError as exc:
+    except (ConfigError, DataFolderInUse) as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_ERROR
     except OSError as exc:

@@ -81,7 +81,7 @@ def open_store(
     raise ValueError(f"unknown store backend {backend!r}")
 
 
-def open_configured_store(store: StoreConfig) -> Store:
+def open_configured_store(store: StoreConfig, owner: str | None = None) -> Store:
     """The store `config.store` describes: its backend, cipher and (PostgreSQL) DSN.
 
     Reads the spool key files and the DSN file now: a new key or password takes
@@ -92,4 +92,6 @@ def open_configured_store(store: StoreConfig) -> Store:
     dsn = store.dsn
     if store.backend == "postgresql" and store.dsn_file is not None:
         dsn = store.dsn_file.read_text(encoding="utf-8").strip()
-    return open_store(store.backend, store.data_dir, cipher=spool_cipher(store), dsn=dsn)
+    return open_store(
+        store.backend, store.data_dir, cipher=spool_cipher(store), dsn=dsn, owner=owner
+    )
