@@ -9,8 +9,6 @@ of their own: the delivery queue releases them when their time comes.)
 
 from __future__ import annotations
 
-import time
-
 import structlog
 
 from smtpguard.act.notices import WaitingHold, build_reviewer_digest
@@ -28,7 +26,6 @@ class ReviewClock:
     def __init__(self, store: Store, config: Config) -> None:
         self.store = store
         self.config = config  # replaced on reload
-        self._digest_from = time.time()
 
     async def tick(self, now: float) -> None:
         """One pass: expire what ran out, remind what is about to, send a digest if due."""
@@ -70,10 +67,8 @@ class ReviewClock:
         return ids
 
     async def digest(self, now: float) -> list[str]:
-        if now - self._digest_from < self.config.review.digest_interval:
-            return []
-        since, self._digest_from = self._digest_from, now
-        if not self.config.policy.reviewers:
+        since = await self.store.claim_digest(now, self.config.review.digest_interval)
+        if since is None or not self.config.policy.reviewers:
             return []
         desk = Quarantine(self.store, self.config)
         new = [

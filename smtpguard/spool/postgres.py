@@ -157,6 +157,12 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX audit_message ON audit (message_id) WHERE message_id IS NOT NULL;
     """,
+    """
+    CREATE TABLE review_clock (
+        name text PRIMARY KEY,
+        at double precision NOT NULL
+    );
+    """,
 )
 
 
@@ -753,6 +759,22 @@ class PostgresStore(Store):
             )
             records = await _records(conn, rows)
         return [r for r in records if r.addresses_in(RecipientState.HELD)]
+
+    async def claim_digest(self, now: float, interval: float) -> float | None:
+        async with self._transaction() as conn:
+            await conn.execute(
+                "INSERT INTO review_clock (name, at) VALUES ('digest', $1)"
+                " ON CONFLICT (name) DO NOTHING",
+                now,
+            )
+            # Locked to the commit: of several instances, one takes the window.
+            since = float(
+                await conn.fetchval("SELECT at FROM review_clock WHERE name = 'digest' FOR UPDATE")
+            )
+            if since >= now or now - since < interval:
+                return None
+            await conn.execute("UPDATE review_clock SET at = $1 WHERE name = 'digest'", now)
+        return since
 
     async def append_audit(
         self, actor: str, action: str, message_id: str | None, detail: Mapping[str, Any]

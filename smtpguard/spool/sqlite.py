@@ -135,6 +135,12 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX audit_message ON audit (message_id) WHERE message_id IS NOT NULL;
     """,
+    """
+    CREATE TABLE review_clock (
+        name TEXT PRIMARY KEY,
+        at REAL NOT NULL
+    );
+    """,
 )
 
 
@@ -884,6 +890,19 @@ class SQLiteStore(Store):
 
     async def reminders_due(self, now: float, before: float) -> list[MessageRecord]:
         return await self._write(self._reminders_due, now, before)
+
+    def _claim_digest(self, now: float, interval: float) -> float | None:
+        row = self._db.execute("SELECT at FROM review_clock WHERE name = 'digest'").fetchone()
+        if row is None:
+            self._db.execute("INSERT INTO review_clock (name, at) VALUES ('digest', ?)", (now,))
+            return None
+        if now - row[0] < interval:
+            return None
+        self._db.execute("UPDATE review_clock SET at = ? WHERE name = 'digest'", (now,))
+        return float(row[0])
+
+    async def claim_digest(self, now: float, interval: float) -> float | None:
+        return await self._write(self._claim_digest, now, interval)
 
     def _append_audit(
         self, actor: str, action: str, message_id: str | None, detail: Mapping[str, Any]

@@ -213,6 +213,16 @@ class Store(abc.ABC):
         each is marked reminded as it is returned."""
 
     @abc.abstractmethod
+    async def claim_digest(self, now: float, interval: float) -> float | None:
+        """Take the reviewers' digest due at `now`: the time the last one covered up to
+        (the window moves on to `now`), or None when that was under `interval` ago.
+
+        Kept in the store, so a restart does not skip a window and, of several
+        instances on one database, one sends each digest. The first call only opens
+        the first window.
+        """
+
+    @abc.abstractmethod
     async def append_audit(
         self, actor: str, action: str, message_id: str | None, detail: Mapping[str, Any]
     ) -> AuditEntry:

@@ -153,6 +153,27 @@ async def test_audit_entries_from_two_processes_form_one_unbroken_chain(
     assert [e.message_id for e in await reviewer.audit_entries("m7")] == ["m7", "m7"]
 
 
+async def test_each_digest_window_is_taken_once_and_survives_a_restart(
+    stores: tuple[Store, Store], new_store: StoreFactory
+) -> None:
+    """Two relay instances on one database (or a relay restarted): one digest per window,
+    and the window goes on from where the last digest ended."""
+    first, second = stores
+    assert await first.claim_digest(1000.0, 60.0) is None  # opens the first window
+    assert await second.claim_digest(1030.0, 60.0) is None  # not due yet
+    taken = await asyncio.gather(
+        *(store.claim_digest(1061.0, 60.0) for store in (first, second, first, second))
+    )
+    assert sorted(taken, key=lambda t: t is None) == [1000.0, None, None, None]
+    restarted = new_store()  # a relay started afresh reads where the window stands
+    await restarted.open()
+    try:
+        assert await restarted.claim_digest(1100.0, 60.0) is None
+        assert await restarted.claim_digest(1125.0, 60.0) == 1061.0
+    finally:
+        await restarted.close()
+
+
 def test_verify_finds_an_edited_a_removed_and_an_inserted_entry() -> None:
     from smtpguard.spool import GENESIS, AuditEntry, audit_hash
 

@@ -930,8 +930,8 @@ async def test_when_version_1_database_opened_then_upgraded_and_messages_kept(
         await opened.close()
     with sqlite3.connect(folder / DB_NAME) as db:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
-        assert {"approvals", "audit", "correspondents"} <= tables
-        assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 5
+        assert {"approvals", "audit", "correspondents", "review_clock"} <= tables
+        assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 6
 
 
 async def test_when_release_time_comes_then_delayed_recipients_become_pending(
