@@ -8,6 +8,7 @@ that a `reject` verdict becomes a 550 and nothing is stored.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import gc
@@ -140,6 +141,12 @@ class Relay:
         self.metrics = metrics
         self._pressure = _Pressure()
         self._scans: set[asyncio.Task[object]] = set()
+        # Bytes of the messages being scanned. Received messages past the budget
+        # (`server.max_waiting_memory`) wait in the store, by id in arrival order, and
+        # are read back one at a time while there is room.
+        self._scanning_bytes = 0
+        self._waiting: collections.deque[str] = collections.deque()
+        self._reading_back = False
 
     # -- Intake -----------------------------------------------------------
 
@@ -209,7 +216,10 @@ class Relay:
         )
         if self.metrics is not None:
             self.metrics.received(self.config.server.mode)
-        self._track(self._scan(message_id, envelope, content, inspected=inspected))
+        if inspected is not None:
+            self._track(self._scan(message_id, envelope, content, inspected=inspected))
+        else:
+            self._scan_later(message_id, envelope, content)
         return Receipt(message_id)
 
     # -- scanning ------------------------------------------------------------
@@ -283,9 +293,49 @@ class Relay:
             log.error("verdict.record_failed", id=message_id, error=type(exc).__name__)
 
     def _scan_later(
-        self, message_id: str, envelope: Envelope, content: bytes, notices_sent: bool = False
+        self,
+        message_id: str,
+        envelope: Envelope,
+        content: bytes,
+        notices_sent: bool = False,
+        *,
+        read_back: bool = False,
     ) -> None:
-        self._track(self._scan(message_id, envelope, content, notices_sent))
+        """Scan now if the budget allows, else leave the message to wait in the store.
+
+        `read_back`: it comes from the store (or a retry) and is let in even past
+        the budget, so that waiting mail always moves.
+        """
+        budget = self.config.server.max_waiting_memory
+        if not read_back and self._scanning_bytes and self._scanning_bytes + len(content) > budget:
+            self._waiting.append(message_id)
+            self._read_back_next()
+            return
+        self._scanning_bytes += len(content)
+        self._track(self._scan_counted(message_id, envelope, content, notices_sent))
+
+    async def _scan_counted(
+        self, message_id: str, envelope: Envelope, content: bytes, notices_sent: bool
+    ) -> None:
+        try:
+            await self._scan(message_id, envelope, content, notices_sent)
+        finally:
+            self._scanning_bytes -= len(content)
+            self._read_back_next()
+
+    def _read_back_next(self) -> None:
+        """One read at a time, while there is room: the next waiting message."""
+        room = self._scanning_bytes < self.config.server.max_waiting_memory
+        if self._waiting and room and not self._reading_back:
+            self._reading_back = True
+            self._track(self._read_back(self._waiting.popleft()))
+
+    async def _read_back(self, message_id: str) -> None:
+        try:
+            await self._rescan(message_id)
+        finally:
+            self._reading_back = False
+            self._read_back_next()
 
     def _track(self, scan: Coroutine[Any, Any, object]) -> None:
         """Scans run as tasks; they are awaited (within the drain time) at shutdown."""
@@ -299,9 +349,17 @@ class Relay:
             record = await self.store.load(message_id)
             if record is not None and record.state is MessageState.RECEIVED:
                 content = await self.store.content(message_id)
-                self._scan_later(message_id, record.envelope, content)
+                self._scan_later(message_id, record.envelope, content, read_back=True)
         except Exception as exc:
+            # Still received in the store (a lock, a full disk): read back again later.
             log.error("scan.reload_failed", id=message_id, error=type(exc).__name__)
+            asyncio.get_running_loop().call_later(
+                self.config.delivery.retry_initial, self._wait_in_store, message_id
+            )
+
+    def _wait_in_store(self, message_id: str) -> None:
+        self._waiting.append(message_id)
+        self._read_back_next()
 
     async def _scan(
         self,
@@ -389,11 +447,9 @@ class Relay:
             # From memory: its row may not be in the store yet (a full disk).
             asyncio.get_running_loop().call_later(
                 self.config.delivery.retry_initial,
-                self._scan_later,
-                message_id,
-                envelope,
-                content,
-                notices_sent,
+                functools.partial(
+                    self._scan_later, message_id, envelope, content, notices_sent, read_back=True
+                ),
             )
 
     async def _notify_holds(
@@ -499,8 +555,9 @@ class Relay:
     async def resume(self) -> int:
         """After a restart: everything unfinished is taken up again. Returns how many."""
         unfinished = await self.store.recover()
-        for message_id in unfinished:
-            await self._rescan(message_id)
+        # Read back in turn, within the memory budget, not all at once.
+        self._waiting.extend(unfinished)
+        self._read_back_next()
         return len(unfinished)
 
     async def watch_pressure(self) -> None:
@@ -516,6 +573,7 @@ class Relay:
             await asyncio.sleep(_PRESSURE_REFRESH)
 
     async def finish_scans(self, timeout: float) -> None:
+        self._waiting.clear()  # they stay received in the store: read at the next start
         if self._scans:
             await asyncio.wait(set(self._scans), timeout=timeout)
 
@@ -584,6 +642,7 @@ class RelayService:
             tls_route=config.policy.tls_route,
             metrics=self.metrics,
             owner=owner,
+            max_waiting_memory=config.server.max_waiting_memory,
         )
         self.config_routes = config.policy.routes
         self.parser = ParsePool(

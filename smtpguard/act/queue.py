@@ -158,6 +158,7 @@ class DeliveryQueue:
         tls_route: str | None = None,
         metrics: RelayMetrics | None = None,
         owner: str | None = None,
+        max_waiting_memory: int = 256 * 1024**2,
     ) -> None:
         self.store = store
         self.upstream = upstream
@@ -172,6 +173,10 @@ class DeliveryQueue:
         # Leases name their owner; the relay passes its instance's (host and data folder).
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
         self._ready: asyncio.Queue[Job] = asyncio.Queue()
+        # Bytes of the messages waiting in `_ready` with their content; past the budget a
+        # job waits without it, and its content is read from the store when its turn comes.
+        self._ready_bytes = 0
+        self.max_waiting_memory = max_waiting_memory
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._busy = 0
@@ -185,6 +190,11 @@ class DeliveryQueue:
 
     def submit(self, job: Job) -> None:
         """A message ready now; unless the job says it is claimed, the task claims it first."""
+        size = len(job.content) if job.content is not None else 0
+        if self._ready_bytes + size > self.max_waiting_memory:
+            job = replace(job, content=None)
+        else:
+            self._ready_bytes += size
         self._ready.put_nowait(job)
 
     def lease(self) -> tuple[str, float]:
@@ -228,6 +238,8 @@ class DeliveryQueue:
     async def _worker(self) -> None:
         while True:
             job = await self._ready.get()
+            if job.content is not None:
+                self._ready_bytes -= len(job.content)
             if self._stopping:
                 continue
             self._busy += 1

@@ -129,6 +129,10 @@ class ServerConfig(_Section):
     # Relay processes sharing the listening socket (one event loop uses one core): for
     # machines with cores to spare; on a 2-core machine two were no faster (README).
     processes: Count = Field(default=1, ge=1, le=64)
+    # Received mail waiting to be read, and read mail waiting for a delivery task, is
+    # kept in memory up to this many bytes (each); past it, it waits in the store and is
+    # read back in turn, so a long burst of large mail cannot exhaust the memory.
+    max_waiting_memory: Size = 256 * 1024**2
 
 
 class UpstreamConfig(_Section):
@@ -208,7 +212,6 @@ class ParseConfig(_Section):
     max_ratio: float = Field(default=100.0, gt=1)
     part_timeout: Seconds = 20.0
     message_timeout: Seconds = 60.0
-
     def limits(self) -> Limits:
         return Limits(
             max_depth=self.max_depth,
