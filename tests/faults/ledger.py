@@ -4,11 +4,13 @@ Every message the load generator sends carries a unique token (in its
 Message-ID and in a body line). The ledger records the relay's answer to each
 one: 250 with a queue id, 4xx, 5xx, or a connection that broke. The sink
 records every copy and every notice that reaches it, by token, and which
-relay run delivered it. At the end, with the relay stopped, the store file
-says what became of each queue id. `settle` then holds the relay to its word:
+relay run delivered it. At the end, with the relay stopped, the store (the
+SQLite file in the data folder or, for a relay on PostgreSQL, the test's
+database: `Runs.backend`) says what became of each queue id. `settle` then
+holds the relay to its word:
 
 - every 250'd message is delivered (a copy at the sink, DELIVERED in the
-  store), held (HELD, its bytes still in the spool, nothing at the sink), or
+  store), held (HELD, its bytes still in the store, nothing at the sink), or
   bounced (BOUNCED or, refused by the policy, REJECTED; a DSN to the sender
   at the sink, no copy);
 - nothing arrives that was never sent, and nothing arrives twice, except in
@@ -41,9 +43,10 @@ from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from aiosmtpd.smtp import SMTP
 
-from smtpguard.spool import UNFINISHED, MessageState, RecipientState, open_store
+from smtpguard.spool import UNFINISHED, MessageState, RecipientState, Store, open_store
 from tests.conftest import write_config
 from tests.processes import (
     RECIPIENT,
@@ -539,7 +542,12 @@ class LedgerSink(ReservedSink):
 
 
 class Runs:
-    """The relay processes of one test, one after another on one data folder."""
+    """The relay processes of one test, one after another on one data folder.
+
+    With `dsn` the relay keeps its store in that PostgreSQL database (the config
+    says `store.backend: postgresql` and the same DSN); otherwise in the SQLite
+    file in `data_dir`.
+    """
 
     def __init__(
         self,
@@ -549,12 +557,15 @@ class Runs:
         sink: LedgerSink,
         *,
         processes: int = 1,
+        dsn: str | None = None,
     ) -> None:
         self.launcher = launcher
         self.config = config
         self.data_dir = data_dir
         self.sink = sink
         self.processes = processes  # the config's server.processes
+        self.dsn = dsn
+        self.backend = "postgresql" if dsn else "sqlite"
         self.runs: list[RelayProcess] = []
         self.ends: list[str] = []  # how each finished run ended: "SIGKILL" or "SIGTERM"
         self.current: RelayProcess | None = None
@@ -608,6 +619,25 @@ class Runs:
     def kills(self) -> int:
         return self.ends.count("SIGKILL")
 
+    def store(self) -> Store:
+        """The relay's store, through the project's own API (open it, close it after).
+
+        For reading only: with PostgreSQL its lease owner is this test process, and
+        nothing here calls `recover`.
+        """
+        return open_store(self.backend, self.data_dir, dsn=self.dsn)
+
+    async def states(self) -> dict[str, str]:
+        """Every message's state, read while the relay runs."""
+        if self.dsn is None:
+            return await asyncio.to_thread(read_states, self.data_dir)
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            rows = await conn.fetch("SELECT id, state FROM messages")
+        finally:
+            await conn.close()
+        return {str(row["id"]): str(row["state"]) for row in rows}
+
     def trouble(self) -> Counter[str]:
         return Counter(
             e["event"] for relay in self.runs for e in relay.events if e["event"] in TROUBLE_EVENTS
@@ -635,7 +665,7 @@ _BOUNCED = {MessageState.BOUNCED.value, MessageState.REJECTED.value}
 
 
 def read_states(data_dir: Path) -> dict[str, str]:
-    """Every message's state, read-only, while the relay runs."""
+    """Every message's state in the SQLite file, read-only, while the relay runs."""
     uri = f"{(data_dir / 'smtpguard.db').as_uri()}?mode=ro"
     with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=15)) as db:
         return dict(db.execute("SELECT id, state FROM messages").fetchall())
@@ -670,7 +700,7 @@ async def drain(ledger: Ledger, sink: LedgerSink, runs: Runs, timeout: float) ->
         async with asyncio.timeout(timeout):
             while quiet < 2 and idle < 5:
                 await asyncio.sleep(0.6)
-                states = await asyncio.to_thread(read_states, runs.data_dir)
+                states = await runs.states()
                 why = _waiting_for(ledger, sink, states)
                 quiet = 0 if why else quiet + 1
                 idle = idle + 1 if why and all(_NO_DSN in w for w in why) else 0
@@ -700,7 +730,8 @@ class Report:
     # Held messages whose sender was never told (the notice is stored after the hold is
     # recorded: a crash in between, or a full disk, costs the notice, not the message).
     hold_notices_missing: int = 0
-    spare_files: int = 0
+    # Spool files left beside the finished messages; None with PostgreSQL (no spool files).
+    spare_files: int | None = 0
     injected: Counter[str] = field(default_factory=Counter)
     trouble: Counter[str] = field(default_factory=Counter)
     extra: dict[str, object] = field(default_factory=dict)
@@ -723,7 +754,8 @@ class Report:
             f" lost={self.lost} duplicated={self.duplicated}"
             f" (late={self.late_explained} kill={self.kill_explained})",
             f"kills={self.kills} in_flight={self.kills_in_flight}",
-            f"unanswered_arrived={self.unanswered_arrived} spare_files={self.spare_files}"
+            f"unanswered_arrived={self.unanswered_arrived}"
+            f" spare_files={'n/a' if self.spare_files is None else self.spare_files}"
             f" hold_notices_missing={self.hold_notices_missing}",
         ]
         if self.injected:
@@ -762,7 +794,7 @@ def _run_log(relay: RelayProcess) -> _RunLog:
 async def settle(
     fault: str, ledger: Ledger, sink: LedgerSink, runs: Runs, *, in_flight_limit: int = 1
 ) -> Report:
-    """Hold the final state (store file, sink, relay logs) to the ledger; the relay is stopped.
+    """Hold the final state (store, sink, relay logs) to the ledger; the relay is stopped.
 
     `in_flight_limit`: how many deliveries one run can have between the upstream's 250
     and its commit (the delivery workers, upstream.max_connections).
@@ -793,7 +825,7 @@ async def settle(
         else:
             hold_notices[arrival.token] += 1
 
-    store = open_store("sqlite", runs.data_dir)
+    store = runs.store()
     await store.open()
     try:
         accepted = ledger.accepted()
@@ -851,11 +883,14 @@ async def settle(
         report.unanswered_arrived += bool(copies.get(sent.draft.token))
 
     _count_duplicates(report, runs, copies, dsns, hold_notices, handler.late, in_flight_limit)
-    spool = runs.data_dir / "spool"
-    held_files = {f"{r.id}.eml" for r in held_rows}
-    report.spare_files = sum(
-        1 for p in spool.iterdir() if p.name.endswith(".eml") and p.name not in held_files
-    )
+    if runs.backend != "sqlite":  # PostgreSQL keeps message bytes in the database, no files
+        report.spare_files = None
+    else:
+        spool = runs.data_dir / "spool"
+        held_files = {f"{r.id}.eml" for r in held_rows}
+        report.spare_files = sum(
+            1 for p in spool.iterdir() if p.name.endswith(".eml") and p.name not in held_files
+        )
     return report
 
 
@@ -936,6 +971,7 @@ def _count_duplicates(
 
 
 def integrity(data_dir: Path) -> str:
+    """SQLite's `PRAGMA integrity_check` on the data folder's store file."""
     with contextlib.closing(sqlite3.connect(data_dir / "smtpguard.db")) as db:
         return str(db.execute("PRAGMA integrity_check").fetchone()[0])
 
