@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ from relay_bench import (
     HOST,
     PROJECT_DIR,
     ReadyNotice,
+    TreeMonitor,
     free_port,
     log_tail,
     median,
@@ -49,6 +51,10 @@ class Side:
     tree: Path
     port: int = 0
     runs: dict[tuple[str, int], list[dict[str, float]]] = field(default_factory=dict)
+    monitor: TreeMonitor | None = None
+    peak_mib: dict[tuple[str, int], float] = field(default_factory=dict)
+    upstream: sink.SinkHandle | None = None
+    accepted: int = 0  # messages it answered 250 to, over the whole run
 
 
 def export_revision(revision: str, into: Path) -> str:
@@ -92,6 +98,7 @@ def start_relay(side: Side, workdir: Path) -> tuple[subprocess.Popen[bytes], sin
     folder = workdir / side.name
     folder.mkdir()
     upstream = sink.start_sink(HOST)
+    side.upstream = upstream
     side.port = free_port()
     notice = ReadyNotice(folder)
     env = side_environment(side, notice)
@@ -119,6 +126,7 @@ def start_relay(side: Side, workdir: Path) -> tuple[subprocess.Popen[bytes], sin
             env=env,
             cwd=side.tree,
         )
+    side.monitor = TreeMonitor(proc.pid)
     why = wait_ready(proc, side.port, 30.0, notice)
     if why is not None:
         stop_process(proc)
@@ -152,14 +160,48 @@ def load(
         text=True,
         check=False,
     )
-    measured = json.loads(out.stdout)["measured"] if out.stdout else {}
+    result = json.loads(out.stdout) if out.stdout else {}
+    measured = result.get("measured", {})
     if not measured.get("accepted") or measured.get("errors"):
         raise SystemExit(f"load run on port {port} failed: {out.stderr[-800:] or measured}")
     return {
         "rate": measured["rate"],
         "p50": measured["latency_ms"]["p50"],
         "p99": measured["latency_ms"]["p99"],
+        "accepted": measured["accepted"] + result.get("warmup", {}).get("accepted", 0),
     }
+
+
+def run_on(
+    side: Side, others: tuple[Side, ...], cell: tuple[str, int], duration: float, warmup: float
+) -> dict[str, float]:
+    """A load run on `side` once every relay has delivered all it accepted: one still
+    working off an earlier run's backlog would take CPU from this one."""
+    for each in others:
+        drained(each)
+    run = load(side.port, *cell, duration, warmup)
+    side.accepted += int(run["accepted"])
+    return run
+
+
+def drained(side: Side, timeout: float = 300.0) -> None:
+    assert side.upstream is not None
+    deadline = time.monotonic() + timeout
+    while side.upstream.counters.messages < side.accepted:
+        if time.monotonic() > deadline:
+            raise SystemExit(
+                f"{side.name}: {side.upstream.counters.messages} of {side.accepted}"
+                f" accepted messages delivered after {timeout:.0f} s"
+            )
+        time.sleep(0.05)
+
+
+def _sample(sides: tuple[Side, ...], done: threading.Event) -> None:
+    """Memory of each relay's process tree, every 0.1 s, until `done`."""
+    while not done.wait(0.1):
+        for side in sides:
+            if side.monitor is not None:
+                side.monitor.sample()
 
 
 def _spread(runs: list[dict[str, float]]) -> str:
@@ -174,8 +216,8 @@ def _both(b: list[dict[str, float]], c: list[dict[str, float]], key: str) -> str
 def table(baseline: Side, candidate: Side, cells: list[tuple[str, int]]) -> str:
     lines = [
         f"| scenario | conc | {baseline.name} msg/s | {candidate.name} msg/s | ratio"
-        " | candidate faster | p50 ms (b / c) | p99 ms (b / c) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        " | candidate faster | p50 ms (b / c) | p99 ms (b / c) | peak RSS MiB (b / c) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for cell in cells:
         b, c = baseline.runs[cell], candidate.runs[cell]
@@ -185,7 +227,8 @@ def table(baseline: Side, candidate: Side, cells: list[tuple[str, int]]) -> str:
 
         lines.append(
             f"| {cell[0]} | {cell[1]} | {_spread(b)} | {_spread(c)} | {rate_c / rate_b:.2f}x"
-            f" | {wins}/{len(b)} | {_both(b, c, 'p50')} | {_both(b, c, 'p99')} |"
+            f" | {wins}/{len(b)} | {_both(b, c, 'p50')} | {_both(b, c, 'p99')}"
+            f" | {baseline.peak_mib[cell]:.0f} / {candidate.peak_mib[cell]:.0f} |"
         )
     return "\n".join(lines)
 
@@ -218,20 +261,38 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for side in (baseline, candidate):
                 running.append(start_relay(side, workdir))
-            for side in (baseline, candidate):  # neither is measured fresh
-                load(side.port, scenarios[0], 1, 2.0, 0.5)
-            for cell in cells:
-                for index in range(args.rounds):
-                    order = (baseline, candidate) if index % 2 == 0 else (candidate, baseline)
-                    for side in order:
-                        run = load(side.port, *cell, args.duration, args.warmup)
-                        side.runs.setdefault(cell, []).append(run)
+            both = (baseline, candidate)
+            for side in both:  # neither is measured fresh
+                run_on(side, both, (scenarios[0], 1), 2.0, 0.5)
+            sampling = threading.Event()
+            sampler = threading.Thread(target=_sample, args=((baseline, candidate), sampling))
+            sampler.start()
+            try:
+                for cell in cells:
+                    for side in (baseline, candidate):
+                        assert side.monitor is not None
+                        side.monitor.peak_rss_sum_kb = 0  # the peak within this cell
+                    for index in range(args.rounds):
+                        order = (baseline, candidate) if index % 2 == 0 else (candidate, baseline)
+                        for side in order:
+                            run = run_on(side, both, cell, args.duration, args.warmup)
+                            side.runs.setdefault(cell, []).append(run)
+                    for side in (baseline, candidate):
+                        assert side.monitor is not None
+                        side.peak_mib[cell] = side.monitor.peak_rss_sum_kb / 1024
+            finally:
+                sampling.set()
+                sampler.join()
         finally:
             for proc, upstream in running:
                 stop_process(proc)
                 upstream.stop()
     print(table(baseline, candidate, cells))
     print()
+    print(
+        "peak RSS: the largest sum of VmRSS over the relay's processes at one sample"
+        " (every 0.1 s) within the cell; memory a relay kept from earlier cells counts."
+    )
     print(
         f"{args.rounds} alternating rounds per cell, {args.duration:g} s each; took"
         f" {time.monotonic() - started:.0f} s. Reproduce from the project root:"
