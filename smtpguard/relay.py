@@ -344,7 +344,8 @@ class Relay:
         task.add_done_callback(self._scans.discard)
 
     async def _rescan(self, message_id: str) -> None:
-        """A message that was stored but not scanned (a restart, or a scan that failed)."""
+        """A message stored but not scanned (after a restart, or one that waited in the store
+        past the memory budget): read back and scanned."""
         try:
             record = await self.store.load(message_id)
             if record is not None and record.state is MessageState.RECEIVED:
