@@ -162,6 +162,9 @@ class _Intake:
     def pressure(self) -> str | None:
         return None
 
+    async def pace(self) -> None:
+        return None
+
 
 class _Handler(RelayHandler):
     def __init__(self, intake: _Intake) -> None:

@@ -106,6 +106,11 @@ class RelayMetrics:
             "Scans that failed and will be retried (the message is never sent unscanned).",
             registry=r,
         )
+        self.flow_delays = Counter(
+            "smtpguard_flow_delays",
+            "New messages made to wait because more than server.max_unscanned were unread.",
+            registry=r,
+        )
         self.scan_seconds = Histogram(
             "smtpguard_scan_seconds",
             "Time to parse, detect and decide one message.",
@@ -183,6 +188,9 @@ class RelayMetrics:
             self.rules_fired.labels(rule).inc()
         for detector, count in findings.items():
             self.findings.labels(detector).inc(count)
+
+    def paced(self) -> None:
+        self.flow_delays.inc()
 
     def scan_failed(self) -> None:
         self.scan_failures.inc()

@@ -145,8 +145,11 @@ class Relay:
         # (`server.max_waiting_memory`) wait in the store, by id in arrival order, and
         # are read back one at a time while there is room.
         self._scanning_bytes = 0
+        self._scanning = 0
         self._waiting: collections.deque[str] = collections.deque()
         self._reading_back = False
+        self._paced: list[asyncio.Future[None]] = []  # MAILs waiting for reading to catch up
+        self._pacing = False
 
     # -- Intake -----------------------------------------------------------
 
@@ -156,6 +159,42 @@ class Relay:
         if self._pressure.active >= self.config.store.max_queue:
             return replies.R452_QUEUE_FULL
         return None
+
+    async def pace(self) -> None:
+        """Postfix's in_flow_delay: past `server.max_unscanned` messages waiting to be read,
+        a new message waits up to `server.flow_delay` for a scan to finish, so that a
+        sustained flow faster than the relay reads slows its sender rather than piling up."""
+        limit = self.config.server.max_unscanned
+        if self._unscanned() <= limit or self.config.server.flow_delay <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.server.flow_delay
+        if self.metrics is not None:
+            self.metrics.paced()
+        if not self._pacing:
+            self._pacing = True
+            log.warning("flow.delaying", unscanned=self._unscanned(), max_unscanned=limit)
+        while self._unscanned() > limit and (remaining := deadline - loop.time()) > 0:
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._paced.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, remaining)
+            except TimeoutError:
+                return
+
+    def _unscanned(self) -> int:
+        return self._scanning + len(self._waiting)
+
+    def _wake_paced(self) -> None:
+        # Logged as caught up at half the limit, not at it: one pair of lines per episode,
+        # not one per message while the flow hovers at the limit.
+        if self._pacing and self._unscanned() <= self.config.server.max_unscanned // 2:
+            self._pacing = False
+            log.info("flow.caught_up", unscanned=self._unscanned())
+        waiters, self._paced = self._paced, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def receive(self, envelope: Envelope, content: bytes, tls: bool) -> Receipt:
         message_id = new_message_id()
@@ -312,6 +351,7 @@ class Relay:
             self._read_back_next()
             return
         self._scanning_bytes += len(content)
+        self._scanning += 1
         self._track(self._scan_counted(message_id, envelope, content, notices_sent))
 
     async def _scan_counted(
@@ -321,7 +361,9 @@ class Relay:
             await self._scan(message_id, envelope, content, notices_sent)
         finally:
             self._scanning_bytes -= len(content)
+            self._scanning -= 1
             self._read_back_next()
+            self._wake_paced()
 
     def _read_back_next(self) -> None:
         """One read at a time, while there is room: the next waiting message."""
@@ -653,6 +695,7 @@ class RelayService:
             reader=functools.partial(read_message, settings=config.detect),
             unreadable=unreadable_reading,
             worker_setup=functools.partial(configure_logging, config.logging),
+            worker_nice=config.parse.worker_nice,
         )
         self.relay = Relay(
             config, self.store, self.queue, self.parser, Decider.from_config(config), self.metrics

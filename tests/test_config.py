@@ -82,6 +82,16 @@ BAD_INPUTS = [
         """\
         server:
           allowed_clients: [127.0.0.0/8]
+        parse:
+          worker_nice: 20  # <-
+        """,
+        r"^parse\.worker_nice: .*19",
+        id="worker-nice-past-19",
+    ),
+    pytest.param(
+        """\
+        server:
+          allowed_clients: [127.0.0.0/8]
         detectorz: {}  # <-
         """,
         r"^detectorz: unknown key \(not a smtpguard setting; check the spelling\)$",
@@ -839,9 +849,7 @@ def test_when_alias_contains_itself_then_refused_not_crashed(tmp_path: Path) -> 
 
 def test_when_a_key_is_a_list_then_refused_with_its_line(tmp_path: Path) -> None:
     path = tmp_path / "smtpguard.yaml"
-    path.write_text(
-        "server:\n  allowed_clients: [127.0.0.0/8]\n? [a, b]\n: 1\n", encoding="utf-8"
-    )
+    path.write_text("server:\n  allowed_clients: [127.0.0.0/8]\n? [a, b]\n: 1\n", encoding="utf-8")
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert f"{path}:3: a key must be a plain name" in str(caught.value)

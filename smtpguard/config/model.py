@@ -133,6 +133,12 @@ class ServerConfig(_Section):
     # kept in memory up to this many bytes (each); past it, it waits in the store and is
     # read back in turn, so a long burst of large mail cannot exhaust the memory.
     max_waiting_memory: Size = 256 * 1024**2
+    # Flow control, as Postfix's in_flow_delay: while more than `max_unscanned` messages
+    # wait to be read, each new MAIL waits up to `flow_delay` for reading to catch up, so
+    # a relay that accepts faster than it reads slows the sender instead of piling up
+    # mail (0 turns it off; `store.max_queue` remains the hard stop).
+    max_unscanned: Count = Field(default=1000, ge=1)
+    flow_delay: Seconds = 1.0
 
 
 class UpstreamConfig(_Section):
@@ -205,6 +211,9 @@ class ParseConfig(_Section):
 
     workers: Count = Field(default=2, ge=1, le=64)
     worker_memory: Size = 2 * 1024**3
+    # Added to the workers' nice value: where parsing and the relay's event loop share
+    # a core, taking and delivering mail goes first and reading takes the rest.
+    worker_nice: int = Field(default=10, ge=0, le=19)
     max_depth: Count = Field(default=8, ge=1, le=50)
     max_archive_members: Count = Field(default=1000, ge=1)
     max_extracted_bytes: Size = 200 * 1024**2
@@ -212,6 +221,7 @@ class ParseConfig(_Section):
     max_ratio: float = Field(default=100.0, gt=1)
     part_timeout: Seconds = 20.0
     message_timeout: Seconds = 60.0
+
     def limits(self) -> Limits:
         return Limits(
             max_depth=self.max_depth,

@@ -35,6 +35,9 @@ class Intake(Protocol):
     def pressure(self) -> str | None:
         """A 45x reply while the relay cannot safely take more mail, else None."""
 
+    async def pace(self) -> None:
+        """Returns when a new message may start (at once, unless reading lags behind)."""
+
 
 def _peer_host(peer: object) -> str:
     if isinstance(peer, tuple) and peer and isinstance(peer[0], str):
@@ -53,6 +56,7 @@ class RelayHandler:
         if busy is not None:
             log.warning("session.deferred", client=_peer_host(session.peer), reason=busy)
             return busy
+        await self.intake.pace()
         if address:
             problem = address_problem(address, envelope.smtp_utf8)
             if problem is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import re
 import resource
 from collections.abc import Callable
@@ -32,9 +33,12 @@ def kill_after(limits: Limits) -> float:
     return limits.message_seconds * 1.2 + 1.0
 
 
-def _start_worker(max_bytes: int, setup: Callable[[], None] | None) -> None:
-    """Runs in each new worker: a hostile file gets MemoryError, not the machine; and
-    `setup` (the relay's logging) runs, since a forkserver child inherits none of it."""
+def _start_worker(max_bytes: int, nice: int, setup: Callable[[], None] | None) -> None:
+    """Runs in each new worker: a hostile file gets MemoryError, not the machine; reading
+    yields the CPU to the relay's loop (`nice`); and `setup` (the relay's logging) runs,
+    since a forkserver child inherits none of it."""
+    if nice > 0:
+        os.nice(nice)
     if max_bytes > 0:
         resource.setrlimit(resource.RLIMIT_AS, (max_bytes, max_bytes))
     if setup is not None:
@@ -78,10 +82,12 @@ class ParsePool(Generic[Result]):
         reader: Callable[[bytes, Limits], Result],
         unreadable: Callable[[str, int], Result],
         worker_setup: Callable[[], None] | None = None,
+        worker_nice: int = 0,
     ) -> None:
         """`reader` runs in the workers (parse_message, or parse and detect together);
         `unreadable(reason, size)` stands for a message no worker could read;
-        `worker_setup` (picklable) runs once in each new worker."""
+        `worker_setup` (picklable) runs once in each new worker, whose nice value is
+        raised by `worker_nice`."""
         self.limits = limits
         self.reader = reader  # replaced on reload, with the new config's detectors
         self._unreadable = unreadable
@@ -89,7 +95,7 @@ class ParsePool(Generic[Result]):
             max_workers=workers,
             max_tasks=_TASKS_PER_WORKER,
             initializer=_start_worker,
-            initargs=(worker_memory, worker_setup),
+            initargs=(worker_memory, worker_nice, worker_setup),
             context=multiprocessing.get_context("forkserver"),
         )
 

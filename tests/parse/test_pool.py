@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -22,9 +23,18 @@ async def pool_factory() -> AsyncIterator[Callable[..., ParsePool[Document]]]:
     pools: list[ParsePool[Document]] = []
 
     def make(
-        reader: Callable[[bytes, Limits], Document] = parse_message, **limits: float
+        reader: Callable[[bytes, Limits], Document] = parse_message,
+        worker_nice: int = 0,
+        **limits: float,
     ) -> ParsePool[Document]:
-        pool = ParsePool(2, Limits(**limits), 2 * 1024**3, reader, unreadable_message)  # type: ignore[arg-type]
+        pool = ParsePool(
+            2,
+            Limits(**limits),  # type: ignore[arg-type]
+            2 * 1024**3,
+            reader,
+            unreadable_message,
+            worker_nice=worker_nice,
+        )
         pools.append(pool)
         return pool
 
@@ -39,6 +49,18 @@ async def test_when_message_parsed_in_pool_then_same_document_as_in_process(
     pool = pool_factory()
     raw = ATTACHMENT + b"Nothing to see.\r\n"
     assert await pool.parse(raw) == parse_message(raw)
+
+
+async def test_when_worker_nice_set_then_workers_read_at_that_much_lower_priority(
+    pool_factory: Callable[..., ParsePool[Document]],
+) -> None:
+    """The relay's loop keeps its priority: only the workers are lowered."""
+    own = os.nice(0)
+    lowered = pool_factory(hostile_readers.report_niceness, worker_nice=7)
+    plain = pool_factory(hostile_readers.report_niceness)
+    assert (await lowered.parse(ATTACHMENT + b"x\r\n")).subject == str(min(own + 7, 19))
+    assert (await plain.parse(ATTACHMENT + b"x\r\n")).subject == str(own)
+    assert os.nice(0) == own
 
 
 async def test_when_worker_hangs_then_killed_message_uninspectable_and_pool_still_works(

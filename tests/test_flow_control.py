@@ -1,0 +1,96 @@
+"""Flow control: a relay that accepts faster than it reads slows its sender.
+
+smtpguard answers 250 once a message is safe in the store and reads it after,
+so a sustained flow faster than the workers read would pile up unread mail in
+the store until `store.max_queue` refuses everything. Past
+`server.max_unscanned` unread messages, each new MAIL waits for a scan to
+finish, at most `server.flow_delay` (Postfix's in_flow_delay), and then goes
+on: the sender slows to the rate the relay reads, and no message is refused or
+lost for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+
+import aiosmtplib
+import structlog
+
+from smtpguard.relay import RelayService
+from tests.conftest import RelayRunner
+from tests.parse.hostile_readers import read_slowly
+from tests.sink import CaptureSink
+
+SENDER = "j.okafor@northshire.gov.uk"
+RECIPIENT = "s.mills@millsandco-solicitors.co.uk"
+
+
+def _message(number: int) -> bytes:
+    """About 20 KB of ordinary text: too long to read on the loop, so a worker reads it."""
+    body = b"".join(
+        b"Line %05d of the planning minutes, nothing personal here.\r\n" % n for n in range(330)
+    )
+    return (
+        f"From: Joy Okafor <{SENDER}>\r\nTo: <{RECIPIENT}>\r\n"
+        f"Subject: minutes part {number}\r\nMessage-ID: <flow-{number}@northshire.gov.uk>\r\n\r\n"
+    ).encode() + body
+
+
+async def _start(relays: RelayRunner, reading_seconds: float, **server: object) -> RelayService:
+    service = await relays.start({"server": server, "parse": {"workers": 1}})
+    # Every message now takes `reading_seconds` in the (single) worker.
+    service.parser.reader = functools.partial(read_slowly, service.parser.reader, reading_seconds)
+    return service
+
+
+async def _send_timed(service: RelayService, count: int) -> list[float]:
+    """Seconds each message took from MAIL to the 250, sent one after another."""
+    assert service.address is not None
+    client = aiosmtplib.SMTP(
+        hostname="127.0.0.1", port=service.address[1], timeout=30, start_tls=False
+    )
+    await client.connect()
+    took = []
+    try:
+        for number in range(count):
+            started = time.monotonic()
+            await client.sendmail(SENDER, [RECIPIENT], _message(number))
+            took.append(time.monotonic() - started)
+    finally:
+        await client.quit()
+    return took
+
+
+async def test_past_max_unscanned_a_new_message_waits_for_reading_and_all_arrive(
+    relays: RelayRunner, sink: CaptureSink
+) -> None:
+    service = await _start(relays, 0.4, max_unscanned=2, flow_delay="10s")
+    with structlog.testing.capture_logs() as logs:
+        took = await _send_timed(service, 6)
+        await sink.handler.wait_for(6, timeout=30)
+        await asyncio.sleep(0.1)
+    # Three fit under the limit (0, 1 and 2 unread before each); from the fourth on,
+    # each waits for the one worker to finish a message (0.4 s each).
+    assert max(took[:3]) < 0.35, took
+    assert min(took[3:]) > 0.2, took
+    assert sorted(m.content.count(b"planning minutes") for m in sink.handler.messages) == [330] * 6
+    events = [e["event"] for e in logs]
+    assert events.count("flow.delaying") == 1
+    assert events.count("flow.caught_up") == 1
+    last_received = max(i for i, event in enumerate(events) if event == "message.received")
+    assert events.index("flow.caught_up") > last_received
+    delaying = next(e for e in logs if e["event"] == "flow.delaying")
+    assert delaying["unscanned"] == 3 and delaying["max_unscanned"] == 2
+
+
+async def test_flow_delay_bounds_the_wait_and_the_message_is_still_taken(
+    relays: RelayRunner, sink: CaptureSink
+) -> None:
+    """A relay far behind slows its senders; it does not refuse them (max_queue does that)."""
+    service = await _start(relays, 1.5, max_unscanned=1, flow_delay="300ms")
+    took = await _send_timed(service, 4)
+    assert max(took[:2]) < 0.25, took
+    assert all(0.25 < seconds < 1.2 for seconds in took[2:]), took
+    await sink.handler.wait_for(4, timeout=30)
