@@ -39,7 +39,9 @@ def _message(number: int) -> bytes:
 
 
 async def _start(relays: RelayRunner, reading_seconds: float, **server: object) -> RelayService:
-    service = await relays.start({"server": server, "parse": {"workers": 1}})
+    service = await relays.start(
+        {"server": server, "parse": {"workers": 1}, "metrics": {"listen": "127.0.0.1:0"}}
+    )
     # Every message now takes `reading_seconds` in the (single) worker.
     service.parser.reader = functools.partial(read_slowly, service.parser.reader, reading_seconds)
     return service
@@ -83,6 +85,17 @@ async def test_past_max_unscanned_a_new_message_waits_for_reading_and_all_arrive
     assert events.index("flow.caught_up") > last_received
     delaying = next(e for e in logs if e["event"] == "flow.delaying")
     assert delaying["unscanned"] == 3 and delaying["max_unscanned"] == 2
+    assert "smtpguard_flow_delays_total 3.0" in await _metrics(service)
+
+
+async def _metrics(service: RelayService) -> str:
+    assert service.metrics_address is not None
+    reader, writer = await asyncio.open_connection(*service.metrics_address)
+    writer.write(b"GET /metrics HTTP/1.1\r\nHost: relay\r\n\r\n")
+    await writer.drain()
+    response = await asyncio.wait_for(reader.read(), timeout=10)
+    writer.close()
+    return response.decode()
 
 
 async def test_flow_delay_bounds_the_wait_and_the_message_is_still_taken(
