@@ -86,6 +86,13 @@ def test_the_unit_is_notify_type_with_a_dedicated_user_and_its_hardening() -> No
     assert one("AmbientCapabilities") == ""
     assert one("RestrictAddressFamilies").split() == ["AF_INET", "AF_INET6", "AF_UNIX"]
     assert "@system-service" in service["SystemCallFilter"][0].split()
+    # Lines merge in order: the parse workers' setpriority is allowed back after the
+    # @resources it belongs to is denied (else SIGSYS kills every worker at birth).
+    filters = service["SystemCallFilter"]
+    denied_at = next(
+        i for i, line in enumerate(filters) if line.startswith("~") and "@resources" in line.split()
+    )
+    assert any("setpriority" in line.split() for line in filters[denied_at + 1 :])
     assert one("UMask") == "0077"
     # The unit's command line reads the config whose data folder is the writable one.
     assert "--config /etc/smtpguard/smtpguard.yaml" in one("ExecStart")

@@ -10,10 +10,13 @@ timeout without breaking the others.
 from __future__ import annotations
 
 import asyncio
+import functools
 import multiprocessing
 import os
 import re
 import resource
+import subprocess
+import sys
 from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Generic, TypeVar
@@ -43,6 +46,26 @@ def _start_worker(max_bytes: int, nice: int, setup: Callable[[], None] | None) -
         resource.setrlimit(resource.RLIMIT_AS, (max_bytes, max_bytes))
     if setup is not None:
         setup()
+
+
+@functools.cache
+def may_lower_priority() -> bool:
+    """Whether a process here may lower its own priority, asked of a throwaway child.
+
+    A systemd unit with `SystemCallFilter=~@resources` (and without the shipped unit's
+    `SystemCallFilter=setpriority`) kills a process that tries, with SIGSYS: every
+    worker would die at birth, and every attachment would be uninspectable.
+    """
+    try:
+        probe = subprocess.run(
+            [sys.executable, "-I", "-S", "-c", "import os; os.nice(1)"],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return probe.returncode == 0
 
 
 def unreadable_message(reason: str, size: int) -> Document:
@@ -90,6 +113,14 @@ class ParsePool(Generic[Result]):
         raised by `worker_nice`."""
         self.limits = limits
         self.reader = reader  # replaced on reload, with the new config's detectors
+        if worker_nice > 0 and not may_lower_priority():
+            log.warning(
+                "parse.worker_nice_refused",
+                reason="this system does not let a process lower its own priority "
+                "(a service's SystemCallFilter without setpriority?); workers run at "
+                "the relay's priority",
+            )
+            worker_nice = 0
         self._unreadable = unreadable
         self._pool = ProcessPool(
             max_workers=workers,

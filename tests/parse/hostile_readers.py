@@ -34,7 +34,9 @@ def allocate_on_marker(raw: bytes, limits: Limits) -> Document:
 def report_niceness(raw: bytes, limits: Limits) -> Document:
     """Not hostile: tells the test the nice value of the worker that read the message."""
     document = parse_message(raw, limits)
-    return Document(subject=str(os.nice(0)), headers=(), parts=document.parts)
+    return Document(
+        subject=str(os.getpriority(os.PRIO_PROCESS, 0)), headers=(), parts=document.parts
+    )
 
 
 def read_slowly(

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import platform
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
 
@@ -55,12 +59,16 @@ async def test_when_worker_nice_set_then_workers_read_at_that_much_lower_priorit
     pool_factory: Callable[..., ParsePool[Document]],
 ) -> None:
     """The relay's loop keeps its priority: only the workers are lowered."""
-    own = os.nice(0)
+    own = _niceness()
     lowered = pool_factory(hostile_readers.report_niceness, worker_nice=7)
     plain = pool_factory(hostile_readers.report_niceness)
     assert (await lowered.parse(ATTACHMENT + b"x\r\n")).subject == str(min(own + 7, 19))
     assert (await plain.parse(ATTACHMENT + b"x\r\n")).subject == str(own)
-    assert os.nice(0) == own
+    assert _niceness() == own
+
+
+def _niceness() -> int:
+    return os.getpriority(os.PRIO_PROCESS, 0)
 
 
 async def test_when_worker_hangs_then_killed_message_uninspectable_and_pool_still_works(
@@ -148,3 +156,64 @@ async def test_when_one_file_takes_too_long_in_a_worker_then_that_part_is_uninsp
     assert part.kind == "uninspectable"
     assert part.reason == "took too long to read"
     assert document.parts[0].path == "body"  # the rest of the message was still read
+
+
+_SETPRIORITY = {"x86_64": 141, "aarch64": 140}
+_UNDER_SECCOMP = r"""
+import asyncio, ctypes, os, platform, signal, subprocess, sys
+from smtpguard.parse import Document, Limits, ParsePool
+from smtpguard.parse.pool import may_lower_priority, unreadable_message
+from tests.parse import hostile_readers
+
+class Instruction(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte),
+                ("k", ctypes.c_uint)]
+
+class Program(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Instruction))]
+
+# A systemd unit's SystemCallFilter=~@resources, for setpriority: kill the process.
+code = (Instruction * 4)(
+    Instruction(0x20, 0, 0, 0),                       # load the system call number
+    Instruction(0x15, 0, 1, int(sys.argv[1])),        # setpriority?
+    Instruction(0x06, 0, 0, 0x80000000),              # then SECCOMP_RET_KILL_PROCESS
+    Instruction(0x06, 0, 0, 0x7FFF0000),              # else SECCOMP_RET_ALLOW
+)
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.prctl(38, 1, 0, 0, 0) == 0                # PR_SET_NO_NEW_PRIVS
+assert libc.prctl(22, 2, ctypes.byref(Program(4, code)), 0, 0) == 0  # SECCOMP_MODE_FILTER
+killed = subprocess.run([sys.executable, "-c", "import os; os.nice(1)"]).returncode
+print("direct", killed == -signal.SIGSYS)
+print("allowed", may_lower_priority())
+
+async def main() -> None:
+    pool = ParsePool(1, Limits(), 2 * 1024**3, hostile_readers.report_niceness,
+                     unreadable_message, worker_nice=7)
+    try:
+        attachment = b"Subject: x\r\nContent-Type: application/octet-stream\r\n\r\nx\r\n"
+        document = await pool.parse(attachment)
+        print("worker", document.subject, document.parts[0].kind)
+    finally:
+        pool.close()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(platform.machine() not in _SETPRIORITY, reason="seccomp test for x86_64/arm64")
+def test_when_lowering_priority_is_forbidden_then_workers_run_at_normal_priority() -> None:
+    """Under a seccomp filter that kills setpriority, as a hardened systemd unit without
+    the shipped unit's exception would, the pool notices and its workers still read."""
+    result = subprocess.run(
+        [sys.executable, "-c", _UNDER_SECCOMP, str(_SETPRIORITY[platform.machine()])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    answers = ("direct ", "allowed ", "worker ")
+    lines = [line for line in result.stdout.splitlines() if line.startswith(answers)]
+    # Read (as text, not uninspectable) by a worker at the parent's own priority.
+    assert lines == ["direct True", "allowed False", f"worker {_niceness()} text"], result.stdout
+    assert "parse.worker_nice_refused" in result.stdout + result.stderr
