@@ -17,6 +17,9 @@ import signal
 import smtplib
 from pathlib import Path
 
+import pytest
+
+from tests import pg
 from tests.conftest import write_config
 from tests.processes import (
     SENDER,
@@ -31,6 +34,9 @@ from tests.test_relay_smtp import EXAMPLE, NOTIFYING_POLICY  # holds mail to web
 
 WEBMAIL = "dan.hart77@gmail.com"
 ROUNDS = 4
+
+# The throwaway PostgreSQL server, started only for the postgresql case.
+pg_cluster = pg.pg_cluster
 
 
 def _send_and_kill_on_250(port: int, pid: int, subject: str) -> Reply | None:
@@ -47,18 +53,27 @@ def _send_and_kill_on_250(port: int, pid: int, subject: str) -> Reply | None:
     return replies[0] if replies else None
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 async def test_a_before_queue_hold_is_told_to_the_sender_even_if_the_relay_dies_at_its_250(
-    tmp_path: Path, launcher: RelayLauncher, upstream: ReservedSink
+    tmp_path: Path,
+    launcher: RelayLauncher,
+    upstream: ReservedSink,
+    request: pytest.FixtureRequest,
+    backend: str,
 ) -> None:
+    """On PostgreSQL the old code wrote the held state before the notice: the window
+    this closes. On SQLite its lazy index made the window rare."""
     (tmp_path / "policy.yaml").write_text(NOTIFYING_POLICY, encoding="utf-8")
-    config = write_config(
-        tmp_path,
-        {
-            "server": {"mode": "before-queue"},
-            "council": {"domains": str(EXAMPLE / "domains.csv")},
-            "policy": {"file": "policy.yaml"},
-        },
-    )
+    changes: dict[str, dict[str, object]] = {
+        "server": {"mode": "before-queue"},
+        "council": {"domains": str(EXAMPLE / "domains.csv")},
+        "policy": {"file": "policy.yaml"},
+    }
+    if backend == "postgresql":
+        cluster: pg.Cluster = request.getfixturevalue("pg_cluster")
+        dsn = cluster.dsn(await cluster.create_database())
+        changes["store"] = {"backend": "postgresql", "dsn": dsn, "data_dir": "data"}
+    config = write_config(tmp_path, changes)
     data = tmp_path / "data"
     held: list[str] = []
     for number in range(ROUNDS):
