@@ -695,7 +695,8 @@ class RelayService:
             reader=functools.partial(read_message, settings=config.detect),
             unreadable=unreadable_reading,
             worker_setup=functools.partial(configure_logging, config.logging),
-            worker_nice=config.parse.worker_nice,
+            # Before-queue, every reply waits for its message to be read: nothing to yield to.
+            worker_nice=config.parse.worker_nice if config.server.mode == "after-queue" else 0,
         )
         self.relay = Relay(
             config, self.store, self.queue, self.parser, Decider.from_config(config), self.metrics

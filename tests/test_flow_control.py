@@ -107,3 +107,18 @@ async def test_flow_delay_bounds_the_wait_and_the_message_is_still_taken(
     assert max(took[:2]) < 0.25, took
     assert all(0.25 < seconds < 1.2 for seconds in took[2:]), took
     await sink.handler.wait_for(4, timeout=30)
+
+
+async def test_workers_yield_only_in_after_queue_mode(relays: RelayRunner) -> None:
+    """Before-queue, each reply waits for its own message to be read: lowering the
+    readers' priority would only slow the replies."""
+    after = await relays.start({"parse": {"worker_nice": 7}})
+    assert after.parser.worker_nice == 7
+    before = await relays.start(
+        {
+            "server": {"mode": "before-queue"},
+            "parse": {"worker_nice": 7},
+            "store": {"data_dir": "data-before-queue", "min_free_disk": "1MB"},
+        }
+    )
+    assert before.parser.worker_nice == 0

@@ -212,7 +212,8 @@ class ParseConfig(_Section):
     workers: Count = Field(default=2, ge=1, le=64)
     worker_memory: Size = 2 * 1024**3
     # Added to the workers' nice value: where parsing and the relay's event loop share
-    # a core, taking and delivering mail goes first and reading takes the rest.
+    # a core, taking and delivering mail goes first and reading takes the rest. After-queue
+    # mode only: before-queue, each reply waits for its own message to be read.
     worker_nice: int = Field(default=10, ge=0, le=19)
     max_depth: Count = Field(default=8, ge=1, le=50)
     max_archive_members: Count = Field(default=1000, ge=1)

@@ -121,6 +121,7 @@ class ParsePool(Generic[Result]):
                 "the relay's priority",
             )
             worker_nice = 0
+        self.worker_nice = worker_nice
         self._unreadable = unreadable
         self._pool = ProcessPool(
             max_workers=workers,
