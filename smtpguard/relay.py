@@ -148,7 +148,8 @@ class Relay:
         self._scanning = 0
         self._waiting: collections.deque[str] = collections.deque()
         self._reading_back = False
-        self._paced: list[asyncio.Future[None]] = []  # MAILs waiting for reading to catch up
+        # MAILs waiting for reading to catch up, oldest first.
+        self._paced: collections.deque[asyncio.Future[None]] = collections.deque()
         self._pacing = False
 
     # -- Intake -----------------------------------------------------------
@@ -191,10 +192,15 @@ class Relay:
         if self._pacing and self._unscanned() <= self.config.server.max_unscanned // 2:
             self._pacing = False
             log.info("flow.caught_up", unscanned=self._unscanned())
-        waiters, self._paced = self._paced, []
-        for waiter in waiters:
-            if not waiter.done():
+        # As many as may go on (one each while unscanned <= the limit), oldest first: waking
+        # every waiter at every scan (hundreds of sessions, a hundred scans a second) would
+        # busy the loop for nothing.
+        room = self.config.server.max_unscanned - self._unscanned() + 1
+        while room > 0 and self._paced:
+            waiter = self._paced.popleft()
+            if not waiter.done():  # not already given up (flow_delay) or gone
                 waiter.set_result(None)
+                room -= 1
 
     async def receive(self, envelope: Envelope, content: bytes, tls: bool) -> Receipt:
         message_id = new_message_id()
