@@ -21,21 +21,10 @@ import structlog
 from smtpguard.relay import RelayService
 from tests.conftest import RelayRunner
 from tests.parse.hostile_readers import read_slowly
+from tests.processes import RECIPIENT, SENDER, make_message
 from tests.sink import CaptureSink
 
-SENDER = "j.okafor@northshire.gov.uk"
-RECIPIENT = "s.mills@millsandco-solicitors.co.uk"
-
-
-def _message(number: int) -> bytes:
-    """About 20 KB of ordinary text: too long to read on the loop, so a worker reads it."""
-    body = b"".join(
-        b"Line %05d of the planning minutes, nothing personal here.\r\n" % n for n in range(330)
-    )
-    return (
-        f"From: Joy Okafor <{SENDER}>\r\nTo: <{RECIPIENT}>\r\n"
-        f"Subject: minutes part {number}\r\nMessage-ID: <flow-{number}@northshire.gov.uk>\r\n\r\n"
-    ).encode() + body
+READ_BY_A_WORKER = 20_000  # past the 8 KB read on the loop
 
 
 async def _start(relays: RelayRunner, reading_seconds: float, **server: object) -> RelayService:
@@ -58,7 +47,9 @@ async def _send_timed(service: RelayService, count: int) -> list[float]:
     try:
         for number in range(count):
             started = time.monotonic()
-            await client.sendmail(SENDER, [RECIPIENT], _message(number))
+            await client.sendmail(
+                SENDER, [RECIPIENT], make_message(f"minutes {number}", size=READ_BY_A_WORKER)
+            )
             took.append(time.monotonic() - started)
     finally:
         await client.quit()
@@ -77,7 +68,10 @@ async def test_past_max_unscanned_a_new_message_waits_for_reading_and_all_arrive
     # each waits for the one worker to finish a message (0.4 s each).
     assert max(took[:3]) < 0.35, took
     assert min(took[3:]) > 0.2, took
-    assert sorted(m.content.count(b"planning minutes") for m in sink.handler.messages) == [330] * 6
+    subjects = sorted(
+        m.content.split(b"Subject: ")[1].split(b"\r\n")[0] for m in sink.handler.messages
+    )
+    assert subjects == [b"minutes %d" % n for n in range(6)]
     events = [e["event"] for e in logs]
     assert events.count("flow.delaying") == 1
     assert events.count("flow.caught_up") == 1
