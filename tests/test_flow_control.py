@@ -116,3 +116,9 @@ async def test_workers_yield_only_in_after_queue_mode(relays: RelayRunner) -> No
         }
     )
     assert before.parser.worker_nice == 0
+
+
+async def test_flow_delay_0s_turns_flow_control_off(relays: RelayRunner) -> None:
+    service = await _start(relays, 1.0, max_unscanned=1, flow_delay="0s")
+    took = await _send_timed(service, 4)
+    assert max(took) < 0.25, took

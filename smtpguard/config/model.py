@@ -70,6 +70,7 @@ def _parse_network(value: object) -> object:
 Count = Annotated[int, Field(strict=True)]
 Size = Annotated[int, BeforeValidator(_parse_size), Field(gt=0, strict=True)]
 Seconds = Annotated[float, BeforeValidator(_parse_duration), Field(gt=0)]
+SecondsOrOff = Annotated[float, BeforeValidator(_parse_duration), Field(ge=0)]
 Network = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, BeforeValidator(_parse_network)]
 
 
@@ -138,7 +139,7 @@ class ServerConfig(_Section):
     # a relay that accepts faster than it reads slows the sender instead of piling up
     # mail (0 turns it off; `store.max_queue` remains the hard stop).
     max_unscanned: Count = Field(default=1000, ge=1)
-    flow_delay: Seconds = 1.0
+    flow_delay: SecondsOrOff = 1.0
 
 
 class UpstreamConfig(_Section):
