@@ -52,6 +52,8 @@ log = structlog.get_logger("smtpguard.spool")
 
 # How long an accepted message's row may wait to be written with its outcome.
 _INDEX_DELAY = 0.5
+# How long an audit entry may wait for another change to share its commit.
+_AUDIT_DELAY = 0.05
 # Remembered (sender, recipient) pairs; past this many the memory starts again.
 _KNOWN_PAIRS_MAX = 200_000
 
@@ -166,6 +168,8 @@ class SQLiteStore(Store):
         self._conn: sqlite3.Connection | None = None
         self._pending: list[_Write] = []
         self._pending_lock = threading.Lock()
+        self._commit_due = False  # a commit is on its way to the store thread
+        self._audit_timer: asyncio.TimerHandle | None = None
         # Accepted messages whose row is not written yet (loop thread only), and those
         # of them whose row is being written by itself.
         self._unindexed: dict[str, _Rows] = {}
@@ -178,9 +182,11 @@ class SQLiteStore(Store):
     # -- plumbing ---------------------------------------------------------
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        """A read on the store thread; it sees every message accepted before it."""
+        """A read on the store thread; it sees every message accepted before it,
+        and every change asked for before it."""
         self._index_all()
         loop = asyncio.get_running_loop()
+        self._commit_soon(loop)
         return await loop.run_in_executor(self._executor, partial(fn, *args))
 
     async def _write(
@@ -210,15 +216,31 @@ class SQLiteStore(Store):
             self._indexed(subject, rows)
         return result
 
-    def _enqueue(self, apply: Callable[[], Any], finished_id: str | None = None) -> Any:
+    def _enqueue(
+        self, apply: Callable[[], Any], finished_id: str | None = None, *, wait: bool = False
+    ) -> Any:
+        """`wait`: the change does not ask for a commit of its own; it goes with the
+        next one, or after _AUDIT_DELAY."""
         loop = asyncio.get_running_loop()
         write = _Write(apply, loop.create_future(), finished_id)
         with self._pending_lock:
             self._pending.append(write)
-            first = len(self._pending) == 1
-        if first:
-            loop.run_in_executor(self._executor, self._commit_pending, loop)
+        if not wait:
+            self._commit_soon(loop)
+        elif self._audit_timer is None:
+            self._audit_timer = loop.call_later(_AUDIT_DELAY, self._commit_soon, loop)
         return write.future
+
+    def _commit_soon(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Hand every change waiting to the store thread, unless a commit already will."""
+        if self._audit_timer is not None:
+            self._audit_timer.cancel()
+            self._audit_timer = None
+        with self._pending_lock:
+            if not self._pending or self._commit_due:
+                return
+            self._commit_due = True
+        loop.run_in_executor(self._executor, self._commit_pending, loop)
 
     def _index_later(self, message_id: str) -> None:
         if message_id in self._unindexed and message_id not in self._indexing:
@@ -261,6 +283,7 @@ class SQLiteStore(Store):
     def _commit_pending(self, loop: asyncio.AbstractEventLoop) -> None:
         with self._pending_lock:
             batch, self._pending = self._pending, []
+            self._commit_due = False
         if not batch:
             return
         results: list[tuple[Any, BaseException | None]] = []
@@ -922,7 +945,13 @@ class SQLiteStore(Store):
     async def append_audit(
         self, actor: str, action: str, message_id: str | None, detail: Mapping[str, Any]
     ) -> AuditEntry:
-        return await self._write(self._append_audit, actor, action, message_id, detail)
+        # Waits for the next commit (at most _AUDIT_DELAY), and forces no message row
+        # out early: the relay writes an entry for every verdict, and with a commit of
+        # its own that doubled the commits of a delivered message. A read still sees it.
+        entry: AuditEntry = await self._enqueue(
+            partial(self._append_audit, actor, action, message_id, detail), wait=True
+        )
+        return entry
 
     def _audit_head(self) -> tuple[int, str]:
         last = self._db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()

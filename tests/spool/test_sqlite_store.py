@@ -36,6 +36,7 @@ from smtpguard.spool import (
     new_message_id,
     open_store,
 )
+from smtpguard.spool import sqlite as sqlite_backend
 from smtpguard.spool.sqlite import MIGRATIONS, SQLiteStore
 from tests.spool.conftest import StoreFactory
 
@@ -623,6 +624,75 @@ async def test_when_set_state_rejected_then_bytes_removed(store: Store, tmp_path
 
 async def test_when_free_disk_bytes_then_positive(store: Store) -> None:
     assert store.free_disk_bytes() > 0
+
+
+# -- audit entries share commits -------------------------------------------------------
+
+
+@pytest.mark.sqlite_only
+async def test_when_verdict_entry_then_delivery_outcome_then_both_go_in_one_commit(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The relay writes an audit entry for every verdict; on its own commit that
+    # doubled the commits of a delivered message. It waits for the outcome's.
+    assert isinstance(store, SQLiteStore)
+    monkeypatch.setattr(sqlite_backend, "_AUDIT_DELAY", 30.0)
+    message_id = await accept(store, envelope=make_envelope(("one@partner.example",)))
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    verdict = asyncio.ensure_future(
+        store.append_audit("smtpguard", "verdict", message_id, {"rules": []})
+    )
+    await asyncio.sleep(0.1)  # the delivery takes a while
+    assert statements.count("COMMIT") == 0
+    await store.record_attempt(
+        message_id,
+        [RecipientOutcome("one@partner.example", RecipientState.DELIVERED, "250 2.0.0 ok")],
+        MessageState.DELIVERED,
+        None,
+    )
+    entry = await verdict
+    assert statements.count("COMMIT") == 1
+    assert [e.seq for e in await store.audit_entries(message_id)] == [entry.seq]
+    record = await store.load(message_id)
+    assert record is not None and record.state is MessageState.DELIVERED
+
+
+@pytest.mark.sqlite_only
+async def test_when_audit_entry_alone_then_committed_within_the_delay(
+    store: Store, tmp_path: Path
+) -> None:
+    started = time.monotonic()
+    entry = await asyncio.wait_for(store.append_audit("reviewer", "remind", None, {}), 2)
+    assert time.monotonic() - started < 1
+    with inspect_db(tmp_path) as db:
+        assert db.execute("SELECT hash FROM audit").fetchall() == [(entry.hash,)]
+
+
+@pytest.mark.sqlite_only
+async def test_when_audit_entry_waits_then_a_read_still_sees_it(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_backend, "_AUDIT_DELAY", 30.0)
+    waiting = asyncio.ensure_future(store.append_audit("reviewer", "release", "m1", {"n": 1}))
+    await asyncio.sleep(0)
+    assert [e.detail for e in await store.audit_entries("m1")] == [{"n": 1}]
+    await asyncio.wait_for(waiting, 5)
+
+
+@pytest.mark.sqlite_only
+async def test_when_closed_with_an_audit_entry_waiting_then_it_is_written(
+    new_store: StoreFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_backend, "_AUDIT_DELAY", 30.0)
+    store = new_store()
+    await store.open()
+    waiting = asyncio.ensure_future(store.append_audit("reviewer", "release", "m1", {}))
+    await asyncio.sleep(0)
+    await store.close()
+    entry = await asyncio.wait_for(waiting, 5)
+    with inspect_db(tmp_path) as db:
+        assert db.execute("SELECT seq, hash FROM audit").fetchall() == [(entry.seq, entry.hash)]
 
 
 # -- restart -----------------------------------------------------------------------
