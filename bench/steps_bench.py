@@ -31,6 +31,8 @@ from relay_bench import (
     HOST,
     free_port,
     log_tail,
+    pid_cpu_seconds,
+    process_tree,
     relay_command,
     relay_environment,
     smtpguard_command,
@@ -66,20 +68,9 @@ def thread_cpu(pid: int) -> dict[int, float]:
 
 
 def children_cpu(pid: int) -> float:
-    """CPU seconds so far of the live children of `pid` (and of those it reaped)."""
-    total = 0.0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[1]) == pid:
-            total += (int(fields[11]) + int(fields[12])) / TICKS
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return total + (int(fields[14]) + int(fields[15])) / TICKS  # cutime + cstime
+    """CPU seconds so far of the live descendants of `pid` (parse workers, which a
+    forkserver may have started)."""
+    return sum(pid_cpu_seconds(child) for child in process_tree(pid)[1:])
 
 
 class Client:
