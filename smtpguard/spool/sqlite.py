@@ -829,8 +829,7 @@ class SQLiteStore(Store):
         self, message_id: str, recipients: Sequence[str], state: RecipientState, now: float
     ) -> None:
         self._db.executemany(
-            "UPDATE recipients SET state = ?, updated_at = ?"
-            " WHERE message_id = ? AND address = ?",
+            "UPDATE recipients SET state = ?, updated_at = ? WHERE message_id = ? AND address = ?",
             [(state.value, now, message_id, r) for r in recipients],
         )
 
