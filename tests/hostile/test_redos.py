@@ -223,7 +223,14 @@ async def test_catastrophic_subject_pattern_end_to_end_held_within_a_second_othe
     assert "queued as" in reply
     assert took < 1.0, took
     assert all("queued as" in r and t < 1.0 for r, t in others), others
-    record = await service.store.load(reply.rsplit(" ", 1)[1])
+    # The 250 waited for the verdict; the held state is recorded just after it.
+    message_id = reply.rsplit(" ", 1)[1]
+    deadline = time.monotonic() + 5
+    record = await service.store.load(message_id)
+    while record is not None and record.state is MessageState.RECEIVED:
+        assert time.monotonic() < deadline, "the verdict was never recorded"
+        await asyncio.sleep(0.02)
+        record = await service.store.load(message_id)
     assert record is not None
     assert record.state is MessageState.HELD
     assert [r.state for r in record.recipients] == [RecipientState.HELD]
