@@ -76,10 +76,12 @@ def _read_status_kb(pid: int, key: str) -> int | None:
     return None
 
 
-def _read_stat(pid: int) -> tuple[int, int, int] | None:
-    """(ppid, utime+stime in ticks, start time) of ``pid``, or None if it is gone."""
+def read_stat(pid: int, thread: int | None = None) -> tuple[int, int, int] | None:
+    """(ppid, utime+stime in ticks, start time) of ``pid`` (or of one of its threads),
+    or None if it is gone."""
+    path = f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat"
     try:
-        with open(f"/proc/{pid}/stat") as fh:
+        with open(path) as fh:
             data = fh.read()
     except OSError:
         return None
@@ -97,7 +99,7 @@ def machine_busy_seconds() -> float:
 
 
 def pid_cpu_seconds(pid: int) -> float:
-    stat = _read_stat(pid)
+    stat = read_stat(pid)
     return stat[1] / CLK_TCK if stat is not None else 0.0
 
 
@@ -117,7 +119,7 @@ def process_tree(root: int) -> list[int]:
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
-            stat = _read_stat(int(entry))
+            stat = read_stat(int(entry))
             if stat is not None:
                 children.setdefault(stat[0], []).append(int(entry))
     tree: list[int] = []
@@ -149,7 +151,7 @@ class TreeMonitor:
             if hwm is not None:
                 self.hwm_kb[pid] = max(self.hwm_kb.get(pid, 0), hwm)
             rss_sum += _read_status_kb(pid, "VmRSS") or 0
-            stat = _read_stat(pid)
+            stat = read_stat(pid)
             if stat is not None:
                 self.cpu_ticks[pid] = stat[1]
                 self.started.setdefault(pid, stat[2])
@@ -159,7 +161,7 @@ class TreeMonitor:
         """Descendants seen earlier that are still alive (same pid, same start time)."""
         alive = []
         for pid, started in self.started.items():
-            stat = _read_stat(pid)
+            stat = read_stat(pid)
             if pid != self.root and stat is not None and stat[2] == started:
                 alive.append(pid)
         return alive

@@ -33,6 +33,7 @@ from relay_bench import (
     log_tail,
     pid_cpu_seconds,
     process_tree,
+    read_stat,
     relay_command,
     relay_environment,
     smtpguard_command,
@@ -58,12 +59,9 @@ def thread_cpu(pid: int) -> dict[int, float]:
     """CPU seconds so far of each thread of `pid`."""
     seconds = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
-        except FileNotFoundError:
-            continue  # ended since the listing
-        fields = stat[stat.rindex(")") + 2 :].split()
-        seconds[int(tid)] = (int(fields[11]) + int(fields[12])) / TICKS
+        stat = read_stat(pid, int(tid))
+        if stat is not None:  # else ended since the listing
+            seconds[int(tid)] = stat[1] / TICKS
     return seconds
 
 
