@@ -38,7 +38,7 @@ from smtpguard.inspect import read_message, unreadable_reading
 from smtpguard.listen import Listener, Receipt, listener_settings, replies
 from smtpguard.log import configure_logging
 from smtpguard.metrics import HealthCheck, MetricsServer, RelayMetrics
-from smtpguard.parse import ParsePool
+from smtpguard.parse.pool import ParsePool, may_lower_priority
 from smtpguard.processes import ProcessRole, Supervisor, role_from_environment
 from smtpguard.review.clock import AUDIT_ACTOR, ReviewClock
 from smtpguard.review.record import ReviewRecord
@@ -894,6 +894,11 @@ def run_relay(
     folder = DataFolderLock(config.store.data_dir) if role.count == 1 else None
     if folder is not None:
         folder.acquire()
+    serves = not (config.server.processes > 1 and role.count == 1)  # not the supervisor
+    if serves and config.parse.worker_nice > 0 and config.server.mode == "after-queue":
+        # Asked now, of a child process it waits for, so that the pool built inside the
+        # loop finds the answer ready instead of blocking the loop for it.
+        may_lower_priority()
 
     async def main() -> int:
         if config.server.processes > 1 and role.count == 1:

@@ -54,7 +54,8 @@ def may_lower_priority() -> bool:
 
     A systemd unit with `SystemCallFilter=~@resources` (and without the shipped unit's
     `SystemCallFilter=setpriority`) kills a process that tries, with SIGSYS: every
-    worker would die at birth, and every attachment would be uninspectable.
+    worker would die at birth, and every attachment would be uninspectable. The
+    first call waits for the child (~50 ms): the relay asks before its loop starts.
     """
     try:
         probe = subprocess.run(

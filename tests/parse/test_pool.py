@@ -15,6 +15,7 @@ import pytest
 
 from smtpguard.parse import Document, Limits, ParsePool, parse_message
 from smtpguard.parse.pool import unreadable_message
+from tests.conftest import write_config
 from tests.parse import hostile_readers
 
 MESSAGE = b"Subject: fine\r\n\r\nNothing to see.\r\n"
@@ -217,3 +218,41 @@ def test_when_lowering_priority_is_forbidden_then_workers_run_at_normal_priority
     # Read (as text, not uninspectable) by a worker at the parent's own priority.
     assert lines == ["direct True", "allowed False", f"worker {_niceness()} text"], result.stdout
     assert "parse.worker_nice_refused" in result.stdout + result.stderr
+
+
+_PROBE_WHERE = r"""
+import asyncio, os, signal, subprocess, sys
+from pathlib import Path
+from smtpguard.config import Overrides
+from smtpguard.relay import run_relay
+
+real_run = subprocess.run
+
+def run(*args, **kwargs):
+    try:
+        asyncio.get_running_loop()
+        print("probe in the loop", flush=True)
+    except RuntimeError:
+        print("probe before the loop", flush=True)
+    return real_run(*args, **kwargs)
+
+subprocess.run = run
+stop = lambda address: os.kill(os.getpid(), signal.SIGTERM)
+sys.exit(run_relay(Path(sys.argv[1]), Overrides(), on_ready=stop))
+"""
+
+
+def test_relay_asks_whether_workers_may_be_niced_before_its_loop_starts(tmp_path: Path) -> None:
+    """The probe waits for a child process: asked inside the loop, it would hold up
+    everything the loop serves for as long."""
+    config = write_config(tmp_path, {"parse": {"worker_nice": 10}})
+    result = subprocess.run(
+        [sys.executable, "-c", _PROBE_WHERE, str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    probes = [line for line in result.stdout.splitlines() if line.startswith("probe ")]
+    assert probes == ["probe before the loop"], result.stdout
