@@ -4,9 +4,9 @@
 smtpguard answers 250 once a message is safe in the store and reads it after;
 its parse workers run at a lower priority than the loop that takes mail in
 (`parse.worker_nice`). For a short burst that means the mail server in front
-is never held up. For a flow that lasts, flow control (`server.max_unscanned`,
-`server.flow_delay`, as Postfix's in_flow_delay) must bring the accepted rate
-down to the rate the relay reads, or unread mail piles up until
+is never held up. For a flow that lasts, flow control (`server.max_unread_wait`,
+`server.max_unscanned`, `server.flow_delay`, as Postfix's in_flow_delay) must
+bring the accepted rate down to the rate the relay reads, or unread mail piles up until
 `store.max_queue` refuses everything. This runs one load for a long time and
 samples the relay's own metrics every second: accepted, read and delivered per
 second, and the unread backlog.
@@ -60,6 +60,7 @@ def write_config(folder: Path, args: argparse.Namespace, metrics_port: int) -> P
     config = _absolute(
         yaml.safe_load(BENCH_CONFIG.read_text(encoding="utf-8")), BENCH_CONFIG.parent
     )
+    config["server"]["max_unread_wait"] = args.max_unread_wait
     config["server"]["max_unscanned"] = args.max_unscanned
     config["server"]["flow_delay"] = args.flow_delay
     config["metrics"] = {"listen": f"{HOST}:{metrics_port}"}
@@ -111,7 +112,8 @@ def _rate(rows: list[dict[str, float]], key: str, start: float, end: float) -> f
 def report(rows: list[dict[str, float]], args: argparse.Namespace, command: str) -> str:
     lines = [
         f"## A sustained flow (flow_bench.py): {args.scenario}, {args.concurrency} clients,"
-        f" {args.duration:.0f} s, max_unscanned {args.max_unscanned}, flow_delay {args.flow_delay}",
+        f" {args.duration:.0f} s, max_unread_wait {args.max_unread_wait},"
+        f" max_unscanned {args.max_unscanned}, flow_delay {args.flow_delay}",
         "",
         "| second | accepted/s | read/s | delivered/s | unread | flow delays |",
         "|---:|---:|---:|---:|---:|---:|",
@@ -147,7 +149,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--scenario", default="pdf")
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--duration", type=float, default=60.0)
-    parser.add_argument("--max-unscanned", type=int, default=1000)
+    parser.add_argument("--max-unread-wait", default="30s")
+    parser.add_argument("--max-unscanned", type=int, default=10_000)
     parser.add_argument("--flow-delay", default="1s")
     parser.add_argument("--write", action="store_true", help="record the table in RESULTS.md")
     return parser.parse_args(argv)

@@ -108,7 +108,8 @@ class RelayMetrics:
         )
         self.flow_delays = Counter(
             "smtpguard_flow_delays",
-            "New messages made to wait because more than server.max_unscanned were unread.",
+            "New messages made to wait because reading was behind"
+            " (server.max_unread_wait, server.max_unscanned).",
             registry=r,
         )
         self.scan_seconds = Histogram(

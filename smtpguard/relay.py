@@ -148,6 +148,9 @@ class Relay:
         self._scanning = 0
         self._waiting: collections.deque[str] = collections.deque()
         self._reading_back = False
+        # Every message received and not read yet, with when it was first counted
+        # (loop time), oldest first: how far behind reading is.
+        self._unread_since: dict[str, float] = {}
         # MAILs waiting for reading to catch up, oldest first.
         self._paced: collections.deque[asyncio.Future[None]] = collections.deque()
         self._pacing = False
@@ -162,40 +165,60 @@ class Relay:
         return None
 
     async def pace(self) -> None:
-        """Postfix's in_flow_delay: past `server.max_unscanned` messages waiting to be read,
-        a new message waits up to `server.flow_delay` for a scan to finish, so that a
-        sustained flow faster than the relay reads slows its sender rather than piling up."""
-        limit = self.config.server.max_unscanned
-        if self._unscanned() <= limit or self.config.server.flow_delay <= 0:
+        """Postfix's in_flow_delay: while reading is behind (`server.max_unread_wait`,
+        `server.max_unscanned`), a new message waits up to `server.flow_delay` for one to
+        be read, so that a flow that stays faster than the relay reads slows its sender
+        rather than piling up; a burst that reading soon catches up with is not slowed."""
+        if self.config.server.flow_delay <= 0 or not self._behind():
             return
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.server.flow_delay
         if self.metrics is not None:
             self.metrics.paced()
         if not self._pacing:
             self._pacing = True
-            log.warning("flow.delaying", unscanned=self._unscanned(), max_unscanned=limit)
-        while self._unscanned() > limit and (remaining := deadline - loop.time()) > 0:
-            waiter: asyncio.Future[None] = loop.create_future()
-            self._paced.append(waiter)
-            try:
-                await asyncio.wait_for(waiter, remaining)
-            except TimeoutError:
-                return
+            log.warning(
+                "flow.delaying",
+                unscanned=self._unscanned(),
+                unread_wait=round(self._unread_wait(), 1),
+                max_unscanned=self.config.server.max_unscanned,
+                max_unread_wait=self.config.server.max_unread_wait,
+            )
+        # One goes on for each message read (see _wake_paced), so senders are let in at
+        # the rate the relay reads; past flow_delay it goes on all the same.
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._paced.append(waiter)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(waiter, self.config.server.flow_delay)
 
     def _unscanned(self) -> int:
         return self._scanning + len(self._waiting)
 
+    def _unread_wait(self) -> float:
+        """How long the oldest unread message has waited to be read."""
+        oldest = next(iter(self._unread_since.values()), None)
+        return 0.0 if oldest is None else asyncio.get_running_loop().time() - oldest
+
+    def _behind(self) -> bool:
+        server = self.config.server
+        return (
+            self._unscanned() > server.max_unscanned or self._unread_wait() > server.max_unread_wait
+        )
+
     def _wake_paced(self) -> None:
-        # Logged as caught up at half the limit, not at it: one pair of lines per episode,
-        # not one per message while the flow hovers at the limit.
-        if self._pacing and self._unscanned() <= self.config.server.max_unscanned // 2:
+        server = self.config.server
+        # Logged as caught up at half the limits, not at them: one pair of lines per
+        # episode, not one per message while the flow hovers at a limit.
+        if (
+            self._pacing
+            and self._unscanned() <= server.max_unscanned // 2
+            and self._unread_wait() <= server.max_unread_wait / 2
+        ):
             self._pacing = False
             log.info("flow.caught_up", unscanned=self._unscanned())
-        # As many as may go on (one each while unscanned <= the limit), oldest first: waking
-        # every waiter at every scan (hundreds of sessions, a hundred scans a second) would
-        # busy the loop for nothing.
-        room = self.config.server.max_unscanned - self._unscanned() + 1
+        # Still behind: one waiter goes on for the message just read, the oldest first.
+        # Caught up: all of them. (Waking every waiter at every scan while behind, with
+        # hundreds of sessions and a hundred scans a second, would busy the loop for
+        # nothing.)
+        room = 1 if self._behind() else len(self._paced)
         while room > 0 and self._paced:
             waiter = self._paced.popleft()
             if not waiter.done():  # not already given up (flow_delay) or gone
@@ -351,6 +374,7 @@ class Relay:
         `read_back`: it comes from the store (or a retry) and is let in even past
         the budget, so that waiting mail always moves.
         """
+        self._unread_since.setdefault(message_id, asyncio.get_running_loop().time())
         budget = self.config.server.max_waiting_memory
         if not read_back and self._scanning_bytes and self._scanning_bytes + len(content) > budget:
             self._waiting.append(message_id)
@@ -399,6 +423,8 @@ class Relay:
             if record is not None and record.state is MessageState.RECEIVED:
                 content = await self.store.content(message_id)
                 self._scan_later(message_id, record.envelope, content, read_back=True)
+            else:  # read meanwhile (a scan retried from memory), or gone
+                self._unread_since.pop(message_id, None)
         except Exception as exc:
             # Still received in the store (a lock, a full disk): read back again later.
             log.error("scan.reload_failed", id=message_id, error=type(exc).__name__)
@@ -482,6 +508,7 @@ class Relay:
                     release_at=release_at,
                     instructions=special,
                 )
+            self._unread_since.pop(message_id, None)
             self._track(self._record_verdict(message_id, envelope, verdict, reading, content))
             if state is MessageState.QUEUED:
                 # A message every recipient may have goes straight to delivery: the
@@ -605,6 +632,8 @@ class Relay:
         """After a restart: everything unfinished is taken up again. Returns how many."""
         unfinished = await self.store.recover()
         # Read back in turn, within the memory budget, not all at once.
+        now = asyncio.get_running_loop().time()
+        self._unread_since.update((message_id, now) for message_id in unfinished)
         self._waiting.extend(unfinished)
         self._read_back_next()
         return len(unfinished)
@@ -623,6 +652,7 @@ class Relay:
 
     async def finish_scans(self, timeout: float) -> None:
         self._waiting.clear()  # they stay received in the store: read at the next start
+        self._unread_since.clear()
         if self._scans:
             await asyncio.wait(set(self._scans), timeout=timeout)
 

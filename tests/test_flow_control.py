@@ -122,3 +122,58 @@ async def test_flow_delay_0s_turns_flow_control_off(relays: RelayRunner) -> None
     service = await _start(relays, 1.0, max_unscanned=1, flow_delay="0s")
     took = await _send_timed(service, 4)
     assert max(took) < 0.25, took
+
+
+async def _send_spaced(service: RelayService, count: int, gap: float) -> list[float]:
+    """Seconds each message took from MAIL to the 250, a new one every `gap` seconds."""
+    assert service.address is not None
+    client = aiosmtplib.SMTP(
+        hostname="127.0.0.1", port=service.address[1], timeout=30, start_tls=False
+    )
+    await client.connect()
+    took = []
+    try:
+        for number in range(count):
+            started = time.monotonic()
+            await client.sendmail(
+                SENDER, [RECIPIENT], make_message(f"minutes {number}", size=READ_BY_A_WORKER)
+            )
+            took.append(time.monotonic() - started)
+            await asyncio.sleep(max(0.0, gap - took[-1]))
+    finally:
+        await client.quit()
+    return took
+
+
+async def test_once_the_oldest_unread_message_waited_past_max_unread_wait_new_mail_waits(
+    relays: RelayRunner, sink: CaptureSink
+) -> None:
+    """Few messages, but reading has fallen behind in time: the sender is slowed, to one
+    new message for each message read."""
+    service = await _start(relays, 1.5, max_unread_wait="700ms", flow_delay="10s")
+    with structlog.testing.capture_logs() as logs:
+        took = await _send_spaced(service, 5, gap=0.3)
+        await sink.handler.wait_for(5, timeout=30)
+        await asyncio.sleep(0.1)
+    # The first three come while the oldest unread message (the first, read for 1.5 s)
+    # has waited up to 0.6 s; the fourth, 0.9 s after it, waits for it to be read, and
+    # the fifth for the second.
+    assert max(took[:3]) < 0.3, took
+    assert min(took[3:]) > 0.3, took
+    events = [e["event"] for e in logs]
+    assert events.count("flow.delaying") == 1
+    assert events.count("flow.caught_up") == 1
+    delaying = next(e for e in logs if e["event"] == "flow.delaying")
+    assert delaying["unscanned"] == 3 and delaying["unread_wait"] >= 0.7
+    assert "smtpguard_flow_delays_total 2.0" in await _metrics(service)
+
+
+async def test_a_burst_reading_catches_up_with_is_not_slowed(
+    relays: RelayRunner, sink: CaptureSink
+) -> None:
+    """Many unread messages for a moment: under both limits, nobody waits."""
+    service = await _start(relays, 0.1, max_unread_wait="5s", max_unscanned=100)
+    took = await _send_timed(service, 20)
+    assert max(took) < 0.3, took
+    await sink.handler.wait_for(20, timeout=30)
+    assert "smtpguard_flow_delays_total 0.0" in await _metrics(service)

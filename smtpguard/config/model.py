@@ -134,11 +134,14 @@ class ServerConfig(_Section):
     # kept in memory up to this many bytes (each); past it, it waits in the store and is
     # read back in turn, so a long burst of large mail cannot exhaust the memory.
     max_waiting_memory: Size = 256 * 1024**2
-    # Flow control, as Postfix's in_flow_delay: while more than `max_unscanned` messages
-    # wait to be read, each new MAIL waits up to `flow_delay` for reading to catch up, so
-    # a relay that accepts faster than it reads slows the sender instead of piling up
-    # mail (0 turns it off; `store.max_queue` remains the hard stop).
-    max_unscanned: Count = Field(default=1000, ge=1)
+    # Flow control, as Postfix's in_flow_delay: while reading is behind (the oldest
+    # unread message has waited more than `max_unread_wait`, or more than
+    # `max_unscanned` messages are unread), each new MAIL waits up to `flow_delay` for a
+    # message to be read, so a relay that keeps accepting faster than it reads slows the
+    # sender instead of piling up mail; a burst shorter than `max_unread_wait` is taken
+    # at full speed (flow_delay 0 turns it off; `store.max_queue` remains the hard stop).
+    max_unread_wait: Seconds = 30.0
+    max_unscanned: Count = Field(default=10_000, ge=1)
     flow_delay: SecondsOrOff = 1.0
 
 
