@@ -631,9 +631,8 @@ class Relay:
     async def resume(self) -> int:
         """After a restart: everything unfinished is taken up again. Returns how many."""
         unfinished = await self.store.recover()
-        # Read back in turn, within the memory budget, not all at once.
-        now = asyncio.get_running_loop().time()
-        self._unread_since.update((message_id, now) for message_id in unfinished)
+        # Read back in turn, within the memory budget, not all at once. (Queued ones are
+        # passed over when their turn comes; only received ones count as unread then.)
         self._waiting.extend(unfinished)
         self._read_back_next()
         return len(unfinished)
