@@ -36,8 +36,9 @@ async def _start(relays: RelayRunner, reading_seconds: float, **server: object) 
     return service
 
 
-async def _send_timed(service: RelayService, count: int) -> list[float]:
-    """Seconds each message took from MAIL to the 250, sent one after another."""
+async def _send_timed(service: RelayService, count: int, gap: float = 0.0) -> list[float]:
+    """Seconds each message took from MAIL to the 250, sent one after another (a new one
+    every `gap` seconds, if given)."""
     assert service.address is not None
     client = aiosmtplib.SMTP(
         hostname="127.0.0.1", port=service.address[1], timeout=30, start_tls=False
@@ -51,6 +52,7 @@ async def _send_timed(service: RelayService, count: int) -> list[float]:
                 SENDER, [RECIPIENT], make_message(f"minutes {number}", size=READ_BY_A_WORKER)
             )
             took.append(time.monotonic() - started)
+            await asyncio.sleep(max(0.0, gap - took[-1]))
     finally:
         await client.quit()
     return took
@@ -124,27 +126,6 @@ async def test_flow_delay_0s_turns_flow_control_off(relays: RelayRunner) -> None
     assert max(took) < 0.25, took
 
 
-async def _send_spaced(service: RelayService, count: int, gap: float) -> list[float]:
-    """Seconds each message took from MAIL to the 250, a new one every `gap` seconds."""
-    assert service.address is not None
-    client = aiosmtplib.SMTP(
-        hostname="127.0.0.1", port=service.address[1], timeout=30, start_tls=False
-    )
-    await client.connect()
-    took = []
-    try:
-        for number in range(count):
-            started = time.monotonic()
-            await client.sendmail(
-                SENDER, [RECIPIENT], make_message(f"minutes {number}", size=READ_BY_A_WORKER)
-            )
-            took.append(time.monotonic() - started)
-            await asyncio.sleep(max(0.0, gap - took[-1]))
-    finally:
-        await client.quit()
-    return took
-
-
 async def test_once_the_oldest_unread_message_waited_past_max_unread_wait_new_mail_waits(
     relays: RelayRunner, sink: CaptureSink
 ) -> None:
@@ -152,7 +133,7 @@ async def test_once_the_oldest_unread_message_waited_past_max_unread_wait_new_ma
     new message for each message read."""
     service = await _start(relays, 1.5, max_unread_wait="700ms", flow_delay="10s")
     with structlog.testing.capture_logs() as logs:
-        took = await _send_spaced(service, 5, gap=0.3)
+        took = await _send_timed(service, 5, gap=0.3)
         await sink.handler.wait_for(5, timeout=30)
         await asyncio.sleep(0.1)
     # The first three come while the oldest unread message (the first, read for 1.5 s)
