@@ -520,6 +520,9 @@ class Relay:
             log.error("scan.failed", id=message_id, error=type(exc).__name__)
             if self.metrics is not None:
                 self.metrics.scan_failed()
+            # Not counted as unread until it is tried again: one message that keeps failing
+            # must not hold every sender back (scan.failed says what is wrong).
+            self._unread_since.pop(message_id, None)
             # From memory: its row may not be in the store yet (a full disk).
             asyncio.get_running_loop().call_later(
                 self.config.delivery.retry_initial,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+from typing import Any
 
 import aiosmtplib
 import structlog
@@ -157,4 +158,37 @@ async def test_a_burst_reading_catches_up_with_is_not_slowed(
     took = await _send_timed(service, 20)
     assert max(took) < 0.3, took
     await sink.handler.wait_for(20, timeout=30)
+    assert "smtpguard_flow_delays_total 0.0" in await _metrics(service)
+
+
+async def test_a_message_whose_reading_keeps_failing_does_not_slow_other_senders(
+    relays: RelayRunner, sink: CaptureSink
+) -> None:
+    """It is tried again and again (scan.failed each time), but it is not reading that is
+    behind: the others are read at once and nobody waits for it."""
+    service = await _start(relays, 0.0, max_unread_wait="300ms")
+    decider = service.relay.decider
+
+    class FailsOnPoison:
+        def decide(self, envelope: Any, reading: Any, correspondents: Any) -> Any:
+            if "poison" in reading.subject:
+                raise RuntimeError("a decider bug")
+            return decider.decide(envelope, reading, correspondents)
+
+    service.relay.decider = FailsOnPoison()  # type: ignore[assignment]
+    assert service.address is not None
+    with structlog.testing.capture_logs() as logs:
+        await aiosmtplib.send(
+            make_message("poison", size=READ_BY_A_WORKER),
+            sender=SENDER,
+            recipients=[RECIPIENT],
+            hostname="127.0.0.1",
+            port=service.address[1],
+        )
+        await asyncio.sleep(1.0)  # failed, and tried again (retry_initial 200 ms), a few times
+        took = await _send_timed(service, 3)
+        await sink.handler.wait_for(3, timeout=30)
+    assert max(took) < 0.3, took
+    assert sum(1 for e in logs if e["event"] == "scan.failed") >= 2
+    assert not any(e["event"] == "flow.delaying" for e in logs)
     assert "smtpguard_flow_delays_total 0.0" in await _metrics(service)
