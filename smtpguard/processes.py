@@ -8,6 +8,13 @@ the port the parent got), starts process 0, which alone recovers the store
 (claims left by a crash, messages never scanned) and runs the review clock,
 then the others, and tells systemd it is ready once all of them are.
 
+With `server.reading_process` the work is split instead: process 0 does not
+listen, it reads, decides and delivers, and alone writes the database; the
+others only accept, write each message's spool file and hand it to process 0
+over a socket pair the parent made for each (smtpguard/handoff.py). The parent
+stops the accepting processes first, so that what they take in while draining
+is still read.
+
 A process that dies takes the others down with it and the whole set starts
 again, so recovery always runs with no other process touching the store: the
 single-owner rule the SQLite store's recovery depends on. The children die
@@ -55,6 +62,10 @@ class ProcessRole:
     listen_fd: int | None = None  # the listening socket, inherited from the parent
     ready_fd: int | None = None  # "host port" is written here once the process serves
     parent: int | None = None
+    # "all": accepts, reads and delivers; with server.reading_process, process 0 is
+    # "reading" (no listener) and the others "accepting" (store and answer only).
+    work: str = "all"
+    handoff_fds: tuple[int, ...] = ()  # to each accepting process, or to the reading one
 
     @property
     def first(self) -> bool:
@@ -66,7 +77,17 @@ class ProcessRole:
 
     @classmethod
     def decode(cls, value: str) -> ProcessRole:
-        return cls(**json.loads(value))
+        fields = json.loads(value)
+        fields["handoff_fds"] = tuple(fields.get("handoff_fds", ()))
+        return cls(**fields)
+
+    @property
+    def reads(self) -> bool:
+        return self.work != "accepting"
+
+    @property
+    def accepts(self) -> bool:
+        return self.work != "reading"
 
     def listening_socket(self) -> socket.socket | None:
         return None if self.listen_fd is None else socket.socket(fileno=self.listen_fd)
@@ -128,8 +149,12 @@ class Supervisor:
         self.config_path = config_path
         self.overrides = overrides
         self.config = config
-        self.count = config.server.processes
+        self.reading_process = config.server.reading_process
+        self.count = config.server.processes + int(self.reading_process)
         self._children: list[_Child] = []
+        # With a reading process: a socket pair to each accepting process, made anew for
+        # each set (the reading process's ends, the accepting processes' ends).
+        self._handoff: list[tuple[socket.socket, socket.socket]] = []
         self._stop = asyncio.Event()
         self._restarts: list[float] = []
 
@@ -145,14 +170,24 @@ class Supervisor:
                 command += [flag, str(value)]
         return command
 
+    def _work_of(self, index: int) -> tuple[str, tuple[int, ...]]:
+        if not self.reading_process:
+            return "all", ()
+        if index == 0:
+            return "reading", tuple(ours.fileno() for ours, _ in self._handoff)
+        return "accepting", (self._handoff[index - 1][1].fileno(),)
+
     async def _spawn(self, index: int, sock: socket.socket) -> _Child:
         read_end, write_end = os.pipe()
-        role = ProcessRole(index, self.count, sock.fileno(), write_end, os.getpid())
+        work, handoff_fds = self._work_of(index)
+        role = ProcessRole(
+            index, self.count, sock.fileno(), write_end, os.getpid(), work, handoff_fds
+        )
         env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
         env[ROLE_ENV] = role.encode()
         try:
             process = await asyncio.create_subprocess_exec(
-                *self._command(), env=env, pass_fds=(sock.fileno(), write_end)
+                *self._command(), env=env, pass_fds=(sock.fileno(), write_end, *handoff_fds)
             )
         finally:
             os.close(write_end)
@@ -181,16 +216,35 @@ class Supervisor:
 
     async def _start_all(self, sock: socket.socket) -> tuple[str, int] | None:
         """Process 0 first: it recovers the store while no other process can touch it."""
-        address = None
-        for index in range(self.count):
-            started = await self._start_one(index, sock)
-            if started is None or self._stop.is_set():
-                return None
-            address = address or started
-        return address
+        if self.reading_process:
+            self._handoff = [socket.socketpair() for _ in range(self.count - 1)]
+        try:
+            address = None
+            for index in range(self.count):
+                started = await self._start_one(index, sock)
+                if started is None or self._stop.is_set():
+                    return None
+                address = address or started
+            return address
+        finally:
+            # The children hold their ends: when one dies, the other end sees it closed.
+            for pair in self._handoff:
+                for end in pair:
+                    end.close()
+            self._handoff = []
 
     async def _stop_all(self) -> None:
-        running = [c.process for c in self._children if c.process.returncode is None]
+        if self.reading_process:
+            # The accepting processes first: what they keep while draining is handed to
+            # a reading process still there to read it.
+            await self._stop_children([c for c in self._children if c.index > 0])
+        await self._stop_children(self._children)
+        for child in self._children:
+            child.ready.cancel()
+        self._children = []
+
+    async def _stop_children(self, children: list[_Child]) -> None:
+        running = [c.process for c in children if c.process.returncode is None]
         for process in running:
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGTERM)
@@ -206,9 +260,6 @@ class Supervisor:
                         process.kill()
             if late:
                 await asyncio.wait(late)
-        for child in self._children:
-            child.ready.cancel()
-        self._children = []
 
     async def _first_exit(self) -> _Child | None:
         """The first process to exit, or None when a stop was asked for."""

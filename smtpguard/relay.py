@@ -34,6 +34,14 @@ from smtpguard.decide import NOTIFY_REVIEWERS, NOTIFY_SENDER, Action, RecipientV
 from smtpguard.decide.decider import Decider, Reading
 from smtpguard.detect import Finding
 from smtpguard.envelope import Envelope
+from smtpguard.handoff import (
+    BEHIND,
+    CAUGHT_UP,
+    ONE_READ,
+    HandedOver,
+    HandoffReceiver,
+    HandoffSender,
+)
 from smtpguard.inspect import read_message, unreadable_reading
 from smtpguard.listen import Listener, Receipt, listener_settings, replies
 from smtpguard.log import configure_logging
@@ -54,6 +62,7 @@ from smtpguard.spool import (
     open_configured_store,
 )
 from smtpguard.spool.instance import DataFolderLock, instance_owner
+from smtpguard.spool.sqlite import SQLiteStore
 
 log = structlog.get_logger("smtpguard.relay")
 
@@ -154,6 +163,14 @@ class Relay:
         # MAILs waiting for reading to catch up, oldest first.
         self._paced: collections.deque[asyncio.Future[None]] = collections.deque()
         self._pacing = False
+        # With a reading process (server.reading_process), an accepting process hands each
+        # message over and paces as that process says; the reading process tells them.
+        self.handoff: HandoffSender | None = None
+        self._reading_behind = False
+        self.accepting: HandoffReceiver | None = None
+        self._told_behind = False
+        self._look_again: asyncio.TimerHandle | None = None
+        self._look_again_at = 0.0
 
     # -- Intake -----------------------------------------------------------
 
@@ -173,6 +190,16 @@ class Relay:
             return
         if self.metrics is not None:
             self.metrics.paced()
+        if self.handoff is None:  # else the reading process says it
+            self._say_delaying()
+        # One goes on for each message read (see _wake_paced), so senders are let in at
+        # the rate the relay reads; past flow_delay it goes on all the same.
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._paced.append(waiter)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(waiter, self.config.server.flow_delay)
+
+    def _say_delaying(self) -> None:
         if not self._pacing:
             self._pacing = True
             log.warning(
@@ -182,12 +209,6 @@ class Relay:
                 max_unscanned=self.config.server.max_unscanned,
                 max_unread_wait=self.config.server.max_unread_wait,
             )
-        # One goes on for each message read (see _wake_paced), so senders are let in at
-        # the rate the relay reads; past flow_delay it goes on all the same.
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._paced.append(waiter)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(waiter, self.config.server.flow_delay)
 
     def _unscanned(self) -> int:
         return self._scanning + len(self._waiting)
@@ -198,6 +219,8 @@ class Relay:
         return 0.0 if oldest is None else asyncio.get_running_loop().time() - oldest
 
     def _behind(self) -> bool:
+        if self.handoff is not None:
+            return self._reading_behind  # as the reading process last said
         server = self.config.server
         return (
             self._unscanned() > server.max_unscanned or self._unread_wait() > server.max_unread_wait
@@ -218,7 +241,53 @@ class Relay:
         # Caught up: all of them. (Waking every waiter at every scan while behind, with
         # hundreds of sessions and a hundred scans a second, would busy the loop for
         # nothing.)
-        room = 1 if self._behind() else len(self._paced)
+        behind = self._behind()
+        if self.accepting is not None:  # the waiters are in the accepting processes
+            self._tell_accepting(behind, read=True)
+        else:
+            self._release_paced(1 if behind else len(self._paced))
+
+    def _tell_accepting(self, behind: bool, *, read: bool) -> None:
+        """The reading process's half of flow control: the accepting processes pace as
+        one process would, from what it tells them."""
+        assert self.accepting is not None
+        if behind != self._told_behind:
+            self._told_behind = behind
+            self.accepting.tell_all(BEHIND if behind else CAUGHT_UP)
+            if behind and self.config.server.flow_delay > 0:
+                self._say_delaying()
+        if behind and read:
+            self.accepting.tell_one(ONE_READ)
+        if not behind and self._unread_since:
+            self._look_again_when_late()
+
+    def _look_again_when_late(self) -> None:
+        """Time alone puts reading behind: look again when the oldest unread message will
+        have waited `max_unread_wait` (one process looks at each MAIL instead)."""
+        oldest = next(iter(self._unread_since.values()))
+        due = oldest + self.config.server.max_unread_wait + 0.001
+        if self._look_again is not None:
+            if self._look_again_at == due:
+                return
+            self._look_again.cancel()
+        self._look_again_at = due
+        self._look_again = asyncio.get_running_loop().call_at(due, self._looked_again)
+
+    def _looked_again(self) -> None:
+        self._look_again = None
+        self._tell_accepting(self._behind(), read=False)
+
+    def reading_said(self, signal: bytes) -> None:
+        """In an accepting process: flow control as the reading process tells it."""
+        if signal == BEHIND:
+            self._reading_behind = True
+        elif signal == ONE_READ:
+            self._release_paced(1)
+        elif signal == CAUGHT_UP:
+            self._reading_behind = False
+            self._release_paced(len(self._paced))
+
+    def _release_paced(self, room: int) -> None:
         while room > 0 and self._paced:
             waiter = self._paced.popleft()
             if not waiter.done():  # not already given up (flow_delay) or gone
@@ -258,15 +327,19 @@ class Relay:
         """Stored as received in both modes: a before-queue verdict is then acted on by
         the same steps as an after-queue one, so a crash before its hold notice is
         stored means the message is scanned again and the notice sent then."""
+        expires_at = envelope.received_at + self.config.delivery.lifetime
         try:
-            await self.store.accept(
-                message_id,
-                envelope,
-                content,
-                state=MessageState.RECEIVED,
-                origin=Origin.RELAY,
-                expires_at=envelope.received_at + self.config.delivery.lifetime,
-            )
+            if self.handoff is not None:
+                await self.handoff.hand_over(message_id, envelope, content, expires_at)
+            else:
+                await self.store.accept(
+                    message_id,
+                    envelope,
+                    content,
+                    state=MessageState.RECEIVED,
+                    origin=Origin.RELAY,
+                    expires_at=expires_at,
+                )
         except OSError as exc:
             log.error("message.store_failed", client=envelope.client_address, error=exc.strerror)
             self._pressure.free_disk = min(self._pressure.free_disk, self.store.free_disk_bytes())
@@ -284,11 +357,24 @@ class Relay:
         )
         if self.metrics is not None:
             self.metrics.received(self.config.server.mode)
-        if inspected is not None:
+        if self.handoff is not None:
+            pass  # the reading process reads it
+        elif inspected is not None:
             self._track(self._scan(message_id, envelope, content, inspected=inspected))
         else:
             self._scan_later(message_id, envelope, content)
         return Receipt(message_id)
+
+    def take_over(self, message_id: str, envelope: Envelope, content: bytes | None) -> None:
+        """In the reading process: a message an accepting process kept (content None:
+        read it from the store)."""
+        if content is None:
+            self._unread_since.setdefault(message_id, asyncio.get_running_loop().time())
+            self._wait_in_store(message_id)
+        else:
+            self._scan_later(message_id, envelope, content)
+        if self.accepting is not None:
+            self._tell_accepting(self._behind(), read=False)
 
     # -- scanning ------------------------------------------------------------
 
@@ -653,6 +739,8 @@ class Relay:
             await asyncio.sleep(_PRESSURE_REFRESH)
 
     async def finish_scans(self, timeout: float) -> None:
+        if self._look_again is not None:
+            self._look_again.cancel()
         self._waiting.clear()  # they stay received in the store: read at the next start
         self._unread_since.clear()
         if self._scans:
@@ -733,8 +821,7 @@ class RelayService:
             reader=functools.partial(read_message, settings=config.detect),
             unreadable=unreadable_reading,
             worker_setup=functools.partial(configure_logging, config.logging),
-            # Before-queue, every reply waits for its message to be read: nothing to yield to.
-            worker_nice=config.parse.worker_nice if config.server.mode == "after-queue" else 0,
+            worker_nice=_worker_nice(config, self.role),
         )
         self.relay = Relay(
             config, self.store, self.queue, self.parser, Decider.from_config(config), self.metrics
@@ -747,6 +834,8 @@ class RelayService:
         if self.metrics is not None:
             self.metrics.watch_sessions(self.listener.registry.sessions)
             self.listener.registry.on_reply = self.metrics.replied
+        self.receiver: HandoffReceiver | None = None
+        self.exit_code = 0
         self._stop = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
 
@@ -766,26 +855,28 @@ class RelayService:
         if handle_signals:
             self._install_signal_handlers()
         await self.store.open()
-        # Compile the detectors' Hyperscan database and load the suffix list now, in a
-        # thread, so the first short message read on the loop does not pay for them.
-        await asyncio.to_thread(self.relay.warm_up)
+        if self.role.reads:
+            # Compile the detectors' Hyperscan database and load the suffix list now, in a
+            # thread, so the first short message read on the loop does not pay for them.
+            await asyncio.to_thread(self.relay.warm_up)
         # With several processes only the first recovers (before the others start) and
         # keeps the review clock: the others would release its claims, or remind twice.
         resumed = await self.relay.resume() if self.role.first else 0
-        self.queue.start()
-        self.queue.wake()  # due mail is looked for now, not after the first poll interval
+        if self.role.reads:
+            self.queue.start()
+            self.queue.wake()  # due mail is looked for now, not after the first poll interval
         self._background.append(asyncio.create_task(self.relay.watch_pressure()))
         if self.role.first:
             self._background.append(asyncio.create_task(self._run_review_clock()))
             head = await self.store.audit_head()
             log.info("audit.head", entries=head[0], hash=head[1])
         await self._start_metrics()
-        listen = self.config.server.listen
-        self.address = await self.listener.start(
-            listen.host, listen.port, sock=self.role.listening_socket()
-        )
+        if self.role.work == "reading":
+            self.address = await self._start_reading()
+        else:
+            self.address = await self._start_listening()
         log.info(
-            "relay.listening",
+            "relay.reading" if self.role.work == "reading" else "relay.listening",
             host=self.address[0],
             port=self.address[1],
             upstream=f"{self.config.upstream.host}:{self.config.upstream.port}",
@@ -796,6 +887,47 @@ class RelayService:
         notify_systemd("READY=1")
         self.role.report_ready(self.address)
         return self.address
+
+    async def _start_listening(self) -> tuple[str, int]:
+        if self.role.work == "accepting":
+            assert isinstance(self.store, SQLiteStore)  # the config allows no other
+            (fd,) = self.role.handoff_fds
+            self.relay.handoff = HandoffSender(
+                self.store,
+                socket.socket(fileno=fd),
+                self.config.server.max_waiting_memory,
+                self.relay.reading_said,
+            )
+            await self.relay.handoff.start()
+        listen = self.config.server.listen
+        return await self.listener.start(
+            listen.host, listen.port, sock=self.role.listening_socket()
+        )
+
+    async def _start_reading(self) -> tuple[str, int]:
+        """The reading process listens to the accepting processes, not to SMTP clients."""
+        self.receiver = HandoffReceiver(
+            [socket.socket(fileno=fd) for fd in self.role.handoff_fds],
+            self._take_over,
+            self._handoff_broken,
+        )
+        self.relay.accepting = self.receiver
+        await self.receiver.start()
+        shared = self.role.listening_socket()
+        assert shared is not None
+        bound = shared.getsockname()
+        shared.detach()  # the accepting processes serve on it: this process must not close it
+        return str(bound[0]), int(bound[1])
+
+    def _take_over(self, handed: HandedOver) -> None:
+        assert isinstance(self.store, SQLiteStore)
+        self.store.adopt(handed.message_id, handed.header, handed.size)
+        self.relay.take_over(handed.message_id, handed.header.envelope, handed.content)
+
+    def _handoff_broken(self) -> None:
+        """Exit 1: every process starts again, and recovery reads what was kept."""
+        self.exit_code = 1
+        self.request_stop()
 
     async def _start_metrics(self) -> None:
         """Bound before the listener, so a port in use stops the start, not the scrapes."""
@@ -881,6 +1013,10 @@ class RelayService:
         log.info("relay.stopping", sessions=len(self.listener.registry.sessions))
         self.listener.stop_accepting()
         drained = await self.listener.drain(timeout)
+        if self.relay.handoff is not None:
+            await self.relay.handoff.close()
+        if self.receiver is not None:
+            await self.receiver.close()
         await self.relay.finish_scans(timeout)
         await self.queue.stop(timeout)
         for task in self._background:
@@ -895,6 +1031,15 @@ class RelayService:
         head = await self.store.audit_head()
         await self.store.close()
         log.info("relay.stopped", drained=drained, audit_entries=head[0], audit_hash=head[1])
+
+
+def _worker_nice(config: Config, role: ProcessRole) -> int:
+    """How much lower than their relay process the parse workers run."""
+    if config.server.mode != "after-queue":
+        return 0  # every reply waits for its message to be read: nothing to yield to
+    if role.work == "reading":
+        return 0  # the whole process already runs lower (run_relay), workers with it
+    return config.parse.worker_nice
 
 
 def _freeze_startup_objects() -> None:
@@ -926,14 +1071,19 @@ def run_relay(
     folder = DataFolderLock(config.store.data_dir) if role.count == 1 else None
     if folder is not None:
         folder.acquire()
-    serves = not (config.server.processes > 1 and role.count == 1)  # not the supervisor
-    if serves and config.parse.worker_nice > 0 and config.server.mode == "after-queue":
-        # Asked now, of a child process it waits for, so that the pool built inside the
-        # loop finds the answer ready instead of blocking the loop for it.
-        may_lower_priority()
+    supervises = (config.server.processes > 1 or config.server.reading_process) and role.count == 1
+    lowers = not supervises and config.parse.worker_nice > 0
+    # Asked now, of a child process it waits for, so that the pool built inside the loop
+    # finds the answer ready instead of blocking the loop for it.
+    if lowers and config.server.mode == "after-queue":
+        allowed = may_lower_priority()
+        if allowed and role.work == "reading":
+            # Reading and delivering yield to taking mail in, as the parse workers do in
+            # a single process; the workers inherit it (_worker_nice).
+            os.nice(config.parse.worker_nice)
 
     async def main() -> int:
-        if config.server.processes > 1 and role.count == 1:
+        if supervises:
             return await Supervisor(config_path, overrides, config).run(on_ready)
         service = RelayService(config_path, overrides, config, role)
         address = await service.start(handle_signals=True)
@@ -941,7 +1091,7 @@ def run_relay(
         if on_ready is not None:
             on_ready(address)
         await service.run_until_stopped()
-        return 0
+        return service.exit_code
 
     try:
         try:

@@ -12,6 +12,7 @@ import yaml
 
 from smtpguard.config import Overrides, load_config
 from smtpguard.log import configure_logging
+from smtpguard.processes import ProcessRole
 from smtpguard.relay import RelayService
 from tests.processes import RelayLauncher, ReservedSink
 from tests.sink import CaptureSink
@@ -76,14 +77,17 @@ class RelayRunner:
         self.services: list[RelayService] = []
 
     async def start(
-        self, changes: dict[str, Any] | None = None, upstream_port: int | None = None
+        self,
+        changes: dict[str, Any] | None = None,
+        upstream_port: int | None = None,
+        role: ProcessRole | None = None,
     ) -> RelayService:
         path = write_config(self.tmp_path, changes)
         port = self.sink.port if upstream_port is None else upstream_port
         overrides = Overrides(upstream=f"127.0.0.1:{port}")
         config = load_config(path, overrides)
         configure_logging(config.logging)
-        service = RelayService(path, overrides, config)
+        service = RelayService(path, overrides, config, role)
         await service.start()
         self.services.append(service)
         return service

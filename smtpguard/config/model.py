@@ -130,6 +130,11 @@ class ServerConfig(_Section):
     # Relay processes sharing the listening socket (one event loop uses one core): for
     # machines with cores to spare; on a 2-core machine two were no faster (README).
     processes: Count = Field(default=1, ge=1, le=64)
+    # A process of its own reads, decides and delivers what the `processes` above
+    # store: they only write each message durably and answer 250, so a burst is taken
+    # at the rate the disk allows while reading uses another core (README "Using every
+    # core"). After-queue mode and the SQLite store only.
+    reading_process: bool = False
     # Received mail waiting to be read, and read mail waiting for a delivery task, is
     # kept in memory up to this many bytes (each); past it, it waits in the store and is
     # read back in turn, so a long burst of large mail cannot exhaust the memory.
@@ -479,9 +484,22 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _metrics_need_one_process(self) -> Config:
-        if self.metrics.listen is not None and self.server.processes > 1:
+        if self.metrics.listen is not None and (
+            self.server.processes > 1 or self.server.reading_process
+        ):
             raise ValueError(
-                "metrics.listen needs server.processes: 1 (each process would count"
-                " only the mail it relayed itself)"
+                "metrics.listen needs server.processes: 1 and no server.reading_process"
+                " (each process would count only its own share of the mail)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _reading_process_after_queue_on_sqlite(self) -> Config:
+        if self.server.reading_process and self.server.mode != "after-queue":
+            raise ValueError(
+                "server.reading_process needs server.mode: after-queue (before-queue, each"
+                " reply waits for its own message to be read)"
+            )
+        if self.server.reading_process and self.store.backend != "sqlite":
+            raise ValueError("server.reading_process needs store.backend: sqlite")
         return self

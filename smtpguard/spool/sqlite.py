@@ -405,11 +405,37 @@ class SQLiteStore(Store):
         # The durable step, in a worker thread: file and folder fsync'd. Many run
         # in parallel, so concurrent messages do not queue behind one another.
         await asyncio.to_thread(self.spool.write, message_id, header, content)
+        self._index_soon(message_id, (message_row, recipient_rows))
+
+    def _index_soon(self, message_id: str, rows: _Rows) -> None:
         # The file holds everything, so the index row can wait a moment: most
         # messages are delivered within it, and their row is then written once,
         # with the outcome, in the same commit (see _write).
-        self._unindexed[message_id] = (message_row, recipient_rows)
+        self._unindexed[message_id] = rows
         asyncio.get_running_loop().call_later(_INDEX_DELAY, self._index_later, message_id)
+
+    # -- handing over (server.reading_process) ----------------------------
+
+    async def keep(
+        self, message_id: str, envelope: Envelope, content: bytes, *, expires_at: float
+    ) -> SpoolHeader:
+        """The durable half of `accept`, in an accepting process: the spool file alone.
+
+        The reading process `adopt`s the message; its store alone writes rows, so
+        the accepting processes never wait for the database's lock.
+        """
+        header = SpoolHeader(envelope, Origin.RELAY.value, expires_at)
+        await asyncio.shield(asyncio.to_thread(self.spool.write, message_id, header, content))
+        return header
+
+    def adopt(self, message_id: str, header: SpoolHeader, size: int) -> None:
+        """The other half, in the reading process: the row of a message another process
+        kept, written as if this process had accepted it. (If this process dies first,
+        recovery finds the file without a row and writes it then.)"""
+        pending = [RecipientState.PENDING] * len(header.envelope.recipients)
+        self._index_soon(
+            message_id, _rows(message_id, header, size, MessageState.RECEIVED, pending)
+        )
 
     def _insert(self, message_row: tuple[Any, ...], recipient_rows: list[tuple[Any, ...]]) -> None:
         self._db.execute(

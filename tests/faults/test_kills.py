@@ -22,6 +22,12 @@ processes delivering the same message (a claim that is not exclusive) is not
 in that window: the second copy comes from a run that recorded the first, and
 `settle` reports it as unexplained.
 
+And with `server.reading_process`: the parent, an accepting process that only
+writes spool files and hands them over, and the reading process that reads and
+delivers them (and alone writes the database). Only the reading process
+delivers, so the per-kill bound is one again; a message handed over but not
+read when the kill came is read by the next run, from its spool file.
+
 And once more with the store on PostgreSQL (a throwaway server, tests/pg.py;
 one relay process): the same kills, the same per-kill bound of one. There the
 message bytes are in the database (committed before the 250), and the relay's
@@ -73,9 +79,9 @@ MAX_CONNECTIONS = 1  # delivery workers per relay process
 
 
 @pytest.mark.parametrize(
-    ("backend", "processes"),
-    [("sqlite", 1), ("sqlite", 2), ("postgresql", 1)],
-    ids=["one-process", "two-processes", "postgresql"],
+    ("backend", "processes", "reading_process"),
+    [("sqlite", 1, False), ("sqlite", 2, False), ("sqlite", 1, True), ("postgresql", 1, False)],
+    ids=["one-process", "two-processes", "reading-process", "postgresql"],
 )
 async def test_sigkill_at_random_moments_loses_and_duplicates_nothing_beyond_the_window(
     tmp_path: Path,
@@ -84,20 +90,22 @@ async def test_sigkill_at_random_moments_loses_and_duplicates_nothing_beyond_the
     request: pytest.FixtureRequest,
     backend: str,
     processes: int,
+    reading_process: bool,
 ) -> None:
     rng = random.Random(SEED)
     sink = make_sink(None)
     await sink.open()
     changes: dict[str, dict[str, object]] = {"upstream": {"max_connections": MAX_CONNECTIONS}}
-    if processes > 1:
-        changes["server"] = {"processes": processes}
+    if processes > 1 or reading_process:
+        changes["server"] = {"processes": processes, "reading_process": reading_process}
     dsn: str | None = None
     if backend == "postgresql":
         cluster: pg.Cluster = request.getfixturevalue("pg_cluster")
         dsn = cluster.dsn(await cluster.create_database())  # a database of its own, empty
         changes["store"] = {"backend": "postgresql", "dsn": dsn, "data_dir": "data"}
     config = write_fault_config(tmp_path, changes)
-    runs = Runs(launcher, config, tmp_path / "data", sink, processes=processes, dsn=dsn)
+    children = processes + int(reading_process)
+    runs = Runs(launcher, config, tmp_path / "data", sink, processes=children, dsn=dsn)
     ledger = Ledger(SEED)
     await runs.start()
     load = Load(ledger, runs.port, senders=3, limit=5000, pause=0.01)
@@ -152,9 +160,12 @@ async def test_sigkill_at_random_moments_loses_and_duplicates_nothing_beyond_the
     await drain(ledger, sink, runs, timeout=30)
     await runs.stop()
     fault = "sigkill" if processes == 1 else f"sigkill, {processes} processes"
+    if reading_process:
+        fault += ", reading process"
     if backend != "sqlite":
         fault += f", {backend}"
-    in_flight = processes * MAX_CONNECTIONS
+    # Every process that delivers may have its connections' messages in flight.
+    in_flight = (1 if reading_process else processes) * MAX_CONNECTIONS
     report = await settle(fault, ledger, sink, runs, in_flight_limit=in_flight)
     print(report.line())
 
