@@ -11,6 +11,11 @@ accepting process never buffers more than `server.max_waiting_memory` for a
 reading process that is behind), the id and size on one line, the spool
 header's line, and the content.
 
+With `metrics.listen`, each accepting process also sends, once a second
+when they changed, its totals so far (`S` and a JSON object: messages
+received, MAILs paced, replies by class, sessions open), and the reading
+process serves them with its own.
+
 Reading -> accepting, one byte at a time, flow control as one process does it:
 `B` reading is behind (each new MAIL waits), `1` a message was read (one
 waiting MAIL goes on), `C` caught up (every waiting MAIL goes on).
@@ -24,15 +29,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import socket
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import structlog
 
 from smtpguard.envelope import Envelope
+from smtpguard.metrics import REPLY_CLASSES, Tally
 from smtpguard.spool.files import SpoolHeader
 from smtpguard.spool.sqlite import SQLiteStore
 
@@ -45,6 +53,8 @@ CAUGHT_UP = b"C"
 _LENGTH = struct.Struct("!I")
 _WITH_CONTENT = b"M"
 _IN_SPOOL = b"F"
+_TALLY = b"S"
+_TALLY_EVERY = 1.0  # seconds between an accepting process's totals, while they change
 _MESSAGE_ID = re.compile(r"[0-9A-F]{21}")
 
 
@@ -74,8 +84,35 @@ def encode_frame(message_id: str, header: SpoolHeader, content: bytes, whole: bo
     return _LENGTH.pack(len(body)) + body
 
 
-def decode_frame(body: bytes) -> HandedOver:
+def encode_tally(tally: Tally) -> bytes:
+    body = _TALLY + json.dumps(asdict(tally), separators=(",", ":")).encode()
+    return _LENGTH.pack(len(body)) + body
+
+
+def _count(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError("not a count")
+    return value
+
+
+def _decode_tally(data: bytes) -> Tally:
+    try:
+        fields = json.loads(data)
+        replies = fields["replies"]
+        return Tally(
+            received=_count(fields["received"]),
+            paced=_count(fields["paced"]),
+            replies={c: _count(replies.get(c, 0)) for c in REPLY_CLASSES},
+            sessions=_count(fields["sessions"]),
+        )
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise HandoffError("malformed frame") from exc
+
+
+def decode_frame(body: bytes) -> HandedOver | Tally:
     kind, rest = body[:1], body[1:]
+    if kind == _TALLY:
+        return _decode_tally(rest)
     try:
         first, header_line, content = rest.split(b"\n", 2)
         message_id, size_text = first.decode("ascii").split(" ")
@@ -100,17 +137,37 @@ class HandoffSender:
         sock: socket.socket,
         max_buffered: int,
         on_signal: Callable[[bytes], None],
+        *,
+        tally: Callable[[], Tally] | None = None,
     ) -> None:
         self.store = store
         self.max_buffered = max_buffered
         self._sock = sock
         self._on_signal = on_signal
+        self._tally = tally
+        self._reported = Tally()
         self._writer: asyncio.StreamWriter | None = None
         self._listening: asyncio.Task[None] | None = None
+        self._reporting: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         reader, self._writer = await asyncio.open_unix_connection(sock=self._sock)
         self._listening = asyncio.create_task(self._listen(reader))
+        if self._tally is not None:
+            self._reporting = asyncio.create_task(self._report_every_second())
+
+    async def _report_every_second(self) -> None:
+        while True:
+            await asyncio.sleep(_TALLY_EVERY)
+            self._report()
+
+    def _report(self) -> None:
+        if self._tally is None or self._writer is None or self._writer.is_closing():
+            return
+        tally = self._tally()
+        if tally != self._reported:
+            self._writer.write(encode_tally(tally))
+            self._reported = tally
 
     async def hand_over(
         self, message_id: str, envelope: Envelope, content: bytes, expires_at: float
@@ -139,6 +196,11 @@ class HandoffSender:
 
     async def close(self) -> None:
         """After the listener drained: every frame written goes out before the socket closes."""
+        if self._reporting is not None:
+            self._reporting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reporting
+        self._report()  # the last counts too
         if self._listening is not None:
             self._listening.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -157,21 +219,25 @@ class HandoffReceiver:
         socks: list[socket.socket],
         take_over: Callable[[HandedOver], None],
         on_broken: Callable[[], None],
+        *,
+        on_tally: Callable[[int, Tally], None] | None = None,
     ) -> None:
         self._socks = socks
         self._take_over = take_over
         self._on_broken = on_broken
+        self._on_tally = on_tally
         self._writers: list[asyncio.StreamWriter] = []
         self._next = 0
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        for sock in self._socks:
+        for number, sock in enumerate(self._socks, start=1):
             reader, writer = await asyncio.open_unix_connection(sock=sock)
             self._writers.append(writer)
-            self._tasks.append(asyncio.create_task(self._receive(reader)))
+            self._tasks.append(asyncio.create_task(self._receive(reader, number)))
 
-    async def _receive(self, reader: asyncio.StreamReader) -> None:
+    async def _receive(self, reader: asyncio.StreamReader, process: int) -> None:
+        """`process`: the accepting process's number (1 for the first)."""
         try:
             while True:
                 try:
@@ -181,7 +247,11 @@ class HandoffReceiver:
                     if exc.partial:
                         raise HandoffError("frame cut short") from exc
                     return  # that accepting process stopped
-                self._take_over(decode_frame(body))
+                received = decode_frame(body)
+                if isinstance(received, HandedOver):
+                    self._take_over(received)
+                elif self._on_tally is not None:
+                    self._on_tally(process, received)
         except (HandoffError, ConnectionError) as exc:
             # Every message it kept is safe in the spool; a restart reads them all.
             log.error("handoff.broken", error=str(exc) or type(exc).__name__)

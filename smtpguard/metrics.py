@@ -18,7 +18,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 from prometheus_client import (
@@ -55,6 +55,19 @@ _OUTCOMES = {
     RecipientState.EXPIRED: "expired",
 }
 _QUEUE_STATES = tuple(s for s in MessageState if not s.finished)
+
+
+REPLY_CLASSES = ("2xx", "3xx", "4xx", "5xx")
+
+
+@dataclass(frozen=True)
+class Tally:
+    """An accepting process's counts so far: the reading process serves them."""
+
+    received: int = 0
+    paced: int = 0
+    replies: Mapping[str, int] = field(default_factory=dict)
+    sessions: int = 0
 
 
 def verdict_label(verdict: RecipientVerdict) -> str:
@@ -167,13 +180,14 @@ class RelayMetrics:
         for state in _QUEUE_STATES:
             self.queue_messages.labels(state.value).set(0)
         # Series that alerts take a rate of exist from the start, at 0.
-        for code_class in ("2xx", "3xx", "4xx", "5xx"):
+        for code_class in REPLY_CLASSES:
             self.smtp_replies.labels(code_class)
         for action in Action:
             self.verdicts.labels(action.value)
         for outcome in _OUTCOMES.values():
             self.deliveries.labels(outcome, "upstream")
         self._holds_read_at = float("-inf")
+        self._tallies: dict[int, Tally] = {}  # by accepting process (server.reading_process)
 
     # -- events ---------------------------------------------------------------
 
@@ -216,6 +230,37 @@ class RelayMetrics:
     def watch_sessions(self, sessions: Collection[object]) -> None:
         """The open-session gauge reads the listener's live set at scrape time."""
         self.sessions_open.set_function(lambda: float(len(sessions)))
+
+    # -- split between processes (server.reading_process) ------------------------
+
+    def tally(self) -> Tally:
+        """In an accepting process: what it counted so far, for the reading process."""
+        value = self.registry.get_sample_value
+        return Tally(
+            received=int(value("smtpguard_messages_received_total", {"mode": "after-queue"}) or 0),
+            paced=int(value("smtpguard_flow_delays_total") or 0),
+            replies={
+                c: int(value("smtpguard_smtp_replies_total", {"class": c}) or 0)
+                for c in REPLY_CLASSES
+            },
+            sessions=int(value("smtpguard_smtp_sessions_open") or 0),
+        )
+
+    def count_accepting_processes(self) -> None:
+        """In the reading process: sessions are those the accepting processes last said."""
+        self.sessions_open.set_function(
+            lambda: float(sum(t.sessions for t in self._tallies.values()))
+        )
+
+    def add_tally(self, process: int, tally: Tally) -> None:
+        """In the reading process: an accepting process's totals; what is new is counted."""
+        last = self._tallies.get(process, Tally())
+        self.messages_received.labels("after-queue").inc(max(0, tally.received - last.received))
+        self.flow_delays.inc(max(0, tally.paced - last.paced))
+        for code_class in REPLY_CLASSES:
+            new = tally.replies.get(code_class, 0) - last.replies.get(code_class, 0)
+            self.smtp_replies.labels(code_class).inc(max(0, new))
+        self._tallies[process] = tally
 
     # -- from the store ---------------------------------------------------------
 

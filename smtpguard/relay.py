@@ -358,8 +358,8 @@ class Relay:
         if self.metrics is not None:
             self.metrics.received(self.config.server.mode)
         if self.handoff is not None:
-            pass  # the reading process reads it
-        elif inspected is not None:
+            return Receipt(message_id)  # the reading process reads it
+        if inspected is not None:
             self._track(self._scan(message_id, envelope, content, inspected=inspected))
         else:
             self._scan_later(message_id, envelope, content)
@@ -831,7 +831,9 @@ class RelayService:
         self.address: tuple[str, int] | None = None
         self.metrics_server: MetricsServer | None = None
         self.metrics_address: tuple[str, int] | None = None
-        if self.metrics is not None:
+        if self.metrics is not None and self.role.work == "reading":
+            self.metrics.count_accepting_processes()
+        elif self.metrics is not None:
             self.metrics.watch_sessions(self.listener.registry.sessions)
             self.listener.registry.on_reply = self.metrics.replied
         self.receiver: HandoffReceiver | None = None
@@ -897,6 +899,7 @@ class RelayService:
                 socket.socket(fileno=fd),
                 self.config.server.max_waiting_memory,
                 self.relay.reading_said,
+                tally=None if self.metrics is None else self.metrics.tally,
             )
             await self.relay.handoff.start()
         listen = self.config.server.listen
@@ -910,6 +913,7 @@ class RelayService:
             [socket.socket(fileno=fd) for fd in self.role.handoff_fds],
             self._take_over,
             self._handoff_broken,
+            on_tally=None if self.metrics is None else self.metrics.add_tally,
         )
         self.relay.accepting = self.receiver
         await self.receiver.start()
@@ -932,7 +936,8 @@ class RelayService:
     async def _start_metrics(self) -> None:
         """Bound before the listener, so a port in use stops the start, not the scrapes."""
         endpoint = self.config.metrics.listen
-        if self.metrics is None or endpoint is None:
+        # With a reading process, it serves what every process counted.
+        if self.metrics is None or endpoint is None or self.role.work == "accepting":
             return
         health = HealthCheck(self.store, lambda: self.upstream.config)
         self.metrics_server = MetricsServer(self.metrics, health)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from smtpguard.envelope import Envelope
-from smtpguard.handoff import HandoffError, decode_frame, encode_frame
+from smtpguard.handoff import HandoffError, decode_frame, encode_frame, encode_tally
+from smtpguard.metrics import Tally
 from smtpguard.spool.files import SpoolHeader
 
 HEADER = SpoolHeader(
@@ -75,3 +76,38 @@ def test_a_frame_without_its_content_says_to_read_the_spool_file() -> None:
 def test_a_frame_this_module_did_not_write_is_refused(body: bytes) -> None:
     with pytest.raises(HandoffError):
         decode_frame(body)
+
+
+def test_an_accepting_process_s_counts_come_back_as_they_were_sent() -> None:
+    tally = Tally(
+        received=7, paced=2, replies={"2xx": 40, "3xx": 7, "4xx": 1, "5xx": 0}, sessions=3
+    )
+    assert decode_frame(body_of(encode_tally(tally))) == tally
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        b"",
+        b"[]",
+        b'{"received": 1, "paced": 0, "sessions": 0}',
+        b'{"received": -1, "paced": 0, "replies": {}, "sessions": 0}',
+        b'{"received": true, "paced": 0, "replies": {}, "sessions": 0}',
+        b'{"received": 1.5, "paced": 0, "replies": {}, "sessions": 0}',
+        b'{"received": 1, "paced": 0, "replies": {"2xx": "many"}, "sessions": 0}',
+        b'{"received": 1, "paced": 0, "replies": [], "sessions": 0}',
+    ],
+    ids=[
+        "empty",
+        "a-list",
+        "no-replies",
+        "negative",
+        "a-bool",
+        "a-float",
+        "a-word",
+        "list-replies",
+    ],
+)
+def test_counts_this_module_did_not_write_are_refused(fields: bytes) -> None:
+    with pytest.raises(HandoffError):
+        decode_frame(b"S" + fields)

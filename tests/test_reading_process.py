@@ -25,10 +25,12 @@ from tests.conftest import RelayRunner
 from tests.parse.hostile_readers import read_slowly
 from tests.processes import RECIPIENT, SENDER, make_message, message_id
 from tests.sink import CaptureSink
-from tests.test_flow_control import _send_timed
+from tests.test_flow_control import _metrics, _send_timed
 
 
-async def _start_pair(relays: RelayRunner, **server: object) -> tuple[RelayService, RelayService]:
+async def _start_pair(
+    relays: RelayRunner, *, metrics: bool = False, **server: object
+) -> tuple[RelayService, RelayService]:
     """The reading process's half, then one accepting process's, as the supervisor starts
     them; they stop in the other order (relays.stop_all), as the supervisor stops them."""
     listening = bind_listener("127.0.0.1", 0).detach()
@@ -37,6 +39,8 @@ async def _start_pair(relays: RelayRunner, **server: object) -> tuple[RelayServi
         "server": {"reading_process": True, **server},
         "parse": {"workers": 1},
     }
+    if metrics:
+        changes["metrics"] = {"listen": "127.0.0.1:0"}
     reading = await relays.start(
         changes,
         role=ProcessRole(0, 2, listening, work="reading", handoff_fds=(reading_end.detach(),)),
@@ -107,7 +111,9 @@ async def test_the_accepting_half_paces_new_mail_as_the_reading_half_says(
     """As test_flow_control's max_unread_wait case, across the socket pair: the reading
     half says when it falls behind (by time alone, with no message arriving), the
     accepting half's MAILs then wait for messages to be read, one for one."""
-    reading, accepting = await _start_pair(relays, max_unread_wait="700ms", flow_delay="10s")
+    reading, accepting = await _start_pair(
+        relays, metrics=True, max_unread_wait="700ms", flow_delay="10s"
+    )
     reading.parser.reader = functools.partial(read_slowly, reading.parser.reader, 1.5)
     with structlog.testing.capture_logs() as logs:
         took = await _send_timed(accepting, 5, gap=0.3)
@@ -120,6 +126,39 @@ async def test_the_accepting_half_paces_new_mail_as_the_reading_half_says(
     assert events.count("flow.caught_up") == 1
     delaying = next(e for e in logs if e["event"] == "flow.delaying")
     assert delaying["unread_wait"] >= 0.7
+    # Counted where the MAILs waited, served by the reading half.
+    await _metrics_say(reading, "smtpguard_flow_delays_total 2.0")
+
+
+async def _metrics_say(service: RelayService, *lines: str) -> str:
+    """The reading half's /metrics once it has every line (accepting halves report once a
+    second)."""
+    for _ in range(50):
+        text = await _metrics(service)
+        if all(line in text for line in lines):
+            return text
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{lines} not in {text}")
+
+
+async def test_the_reading_half_serves_the_metrics_of_every_process(
+    relays: RelayRunner, sink: CaptureSink
+) -> None:
+    reading, accepting = await _start_pair(relays, metrics=True)
+    assert accepting.metrics_address is None and reading.metrics_address is not None
+    assert accepting.address is not None
+    await _send(accepting.address[1], [make_message(f"minutes {n}") for n in range(12)], 3)
+    await sink.handler.wait_for(12, timeout=30)
+    await _metrics_say(
+        reading,
+        'smtpguard_messages_received_total{mode="after-queue"} 12.0',  # the accepting half's
+        'smtpguard_verdicts_total{action="pass"} 12.0',  # the reading half's own
+        'smtpguard_deliveries_total{outcome="delivered",route="upstream"} 12.0',
+        "smtpguard_smtp_sessions_open 0.0",
+    )
+    text = await _metrics(reading)
+    replies = float(text.split('smtpguard_smtp_replies_total{class="2xx"} ')[1].split()[0])
+    assert replies >= 12 * 5  # EHLO, MAIL, RCPT, DATA's end and QUIT at least, each
 
 
 async def test_a_burst_the_reading_half_catches_up_with_is_not_slowed(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import urllib.request
 from pathlib import Path
 
 from tests.conftest import write_config
@@ -22,6 +23,7 @@ from tests.processes import (
     message_id,
     run_smtpguard,
     serving_processes,
+    wait_until,
 )
 from tests.test_relay_processes import (
     STOP_TIMEOUT,
@@ -34,6 +36,11 @@ from tests.test_relay_processes import (
 DRAIN_TIMEOUT = 3.0
 
 
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return str(response.read().decode())
+
+
 async def start_split(
     launcher: RelayLauncher, tmp_path: Path, upstream: ReservedSink
 ) -> tuple[RelayProcess, list[int]]:
@@ -44,6 +51,7 @@ async def start_split(
         {
             "server": {"reading_process": True, "drain_timeout": f"{DRAIN_TIMEOUT:g}s"},
             "parse": {"workers": 1},
+            "metrics": {"listen": "127.0.0.1:0"},
         },
     )
     relay = await launcher.start(config, tmp_path / "data", upstream.port, wait_until_serving=False)
@@ -66,6 +74,17 @@ async def test_the_accepting_process_answers_the_reading_one_delivers_and_sigter
     assert set(processes_of(relay.named("message.received"))) == {1}
     assert set(processes_of(relay.named("message.scanned"))) == {0}
     assert set(processes_of(relay.named("message.delivered"))) == {0}
+    # The reading process serves the metrics of both.
+    (listening,) = relay.named("metrics.listening")
+    assert listening["process"] == 0
+    await wait_until(
+        lambda: (
+            'smtpguard_messages_received_total{mode="after-queue"} 100.0'
+            in scrape(listening["port"])
+        ),
+        timeout=10,
+        what="the accepting process's count on the reading process's /metrics",
+    )
 
     mark = len(relay.events)
     relay.send_signal(signal.SIGTERM)
@@ -120,10 +139,6 @@ async def test_a_reading_process_before_queue_or_on_postgresql_is_refused(tmp_pa
                 "store": {"backend": "postgresql", "dsn": "postgresql://relay@db/smtpguard"},
             },
             "store.backend: sqlite",
-        ),
-        (
-            {"server": {"reading_process": True}, "metrics": {"listen": "127.0.0.1:0"}},
-            "no server.reading_process",
         ),
     ):
         config = write_config(tmp_path, changes)

@@ -484,12 +484,11 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _metrics_need_one_process(self) -> Config:
-        if self.metrics.listen is not None and (
-            self.server.processes > 1 or self.server.reading_process
-        ):
+        server = self.server
+        if self.metrics.listen is not None and server.processes > 1 and not server.reading_process:
             raise ValueError(
-                "metrics.listen needs server.processes: 1 and no server.reading_process"
-                " (each process would count only its own share of the mail)"
+                "metrics.listen needs server.processes: 1, or server.reading_process (each"
+                " process would count only the mail it relayed itself)"
             )
         return self
 
