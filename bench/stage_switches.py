@@ -62,11 +62,28 @@ def switch_off(stages: list[str]) -> None:
         _replace(Relay, "_scan_later", scan_nothing)
 
 
+def one_process() -> None:
+    """The switches replace methods in this process: the stages are measured on one
+    event loop, as one relay process runs them, whatever `server.reading_process` says
+    (with it, the work would go to child processes the switches never reach)."""
+    import smtpguard.relay as relay
+
+    load = relay.load_config
+
+    def load_for_one_process(*args: Any, **kwargs: Any) -> Any:
+        config = load(*args, **kwargs)
+        server = config.server.model_copy(update={"reading_process": False})
+        return config.model_copy(update={"server": server})
+
+    relay.load_config = load_for_one_process
+
+
 def main(argv: list[str]) -> int:
     if not argv:
         raise SystemExit(__doc__)
     stages = [] if argv[0] == "shipped" else argv[0].split("+")
     switch_off(stages)
+    one_process()
     from smtpguard.cli import main as smtpguard_main
 
     return smtpguard_main(argv[1:])

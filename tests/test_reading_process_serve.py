@@ -6,7 +6,6 @@ sink in this process, down until opened (tests/processes.py)."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import urllib.request
 from pathlib import Path
@@ -31,6 +30,7 @@ from tests.test_relay_processes import (
     of_process,
     processes_of,
     send_concurrently,
+    send_then_kill,
 )
 
 DRAIN_TIMEOUT = 3.0
@@ -99,16 +99,7 @@ async def test_when_the_reading_process_is_killed_then_both_restart_and_mail_is_
     tmp_path: Path, upstream: ReservedSink, launcher: RelayLauncher
 ) -> None:
     relay, children = await start_split(launcher, tmp_path, upstream)
-    # The upstream is down: what the killed process was handed is still to deliver.
-    before = [make_message(f"before the kill {n}") for n in range(20)]
-    replies = await asyncio.to_thread(send_concurrently, relay.port, before, 4)
-    assert [r for r in replies if r.code != 250] == []
-    mark = len(relay.events)
-
-    os.kill(children[0], signal.SIGKILL)
-
-    died = await relay.wait_for_event("relay.process_died", after=mark)
-    assert (died["process"], died["exit_code"]) == (0, -signal.SIGKILL), died
+    before, mark = await send_then_kill(relay, children, 0)
     reading = await relay.wait_for_event(
         "relay.reading", after=mark, where=of_process(0), timeout=START_TIMEOUT
     )

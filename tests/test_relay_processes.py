@@ -205,20 +205,27 @@ async def test_when_sighup_then_both_processes_reload(
 # -- crashes ----------------------------------------------------------------------
 
 
-async def test_when_a_process_is_killed_then_all_restart_and_mail_is_delivered_once(
-    tmp_path: Path, upstream: ReservedSink, launcher: RelayLauncher
-) -> None:
-    relay, children = await start_two(launcher, tmp_path, upstream)
-    # The upstream is down: what the killed process accepted is still to deliver.
+async def send_then_kill(
+    relay: RelayProcess, children: list[int], index: int
+) -> tuple[list[bytes], int]:
+    """20 messages accepted while the upstream is down (so that what the killed process
+    took is still to deliver), then SIGKILL for process `index`, once the parent saw it
+    die: the messages, and the log position before the kill."""
     before = [make_message(f"before the kill {n}") for n in range(20)]
     replies = await asyncio.to_thread(send_concurrently, relay.port, before, 4)
     assert [r for r in replies if r.code != 250] == []
     mark = len(relay.events)
-
-    os.kill(children[1], signal.SIGKILL)
-
+    os.kill(children[index], signal.SIGKILL)
     died = await relay.wait_for_event("relay.process_died", after=mark)
-    assert (died["process"], died["exit_code"]) == (1, -signal.SIGKILL), died
+    assert (died["process"], died["exit_code"]) == (index, -signal.SIGKILL), died
+    return before, mark
+
+
+async def test_when_a_process_is_killed_then_all_restart_and_mail_is_delivered_once(
+    tmp_path: Path, upstream: ReservedSink, launcher: RelayLauncher
+) -> None:
+    relay, children = await start_two(launcher, tmp_path, upstream)
+    before, mark = await send_then_kill(relay, children, 1)
     restarted = [
         await relay.wait_for_event(
             "relay.listening",
