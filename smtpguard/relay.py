@@ -720,10 +720,17 @@ class Relay:
     async def resume(self) -> int:
         """After a restart: everything unfinished is taken up again. Returns how many."""
         unfinished = await self.store.recover()
-        # Read back in turn, within the memory budget, not all at once. (Queued ones are
-        # passed over when their turn comes; only received ones count as unread then.)
-        self._waiting.extend(unfinished)
-        self._read_back_next()
+        # Only received messages wait to be read; queued and deferred ones are the delivery
+        # queue's, which finds them in the store. (Counted as unread, ten thousand of them
+        # left by an upstream outage would slow every sender until the read-back had
+        # walked past them all.)
+        received = (await self.store.counts()).by_state.get(MessageState.RECEIVED, 0)
+        if received:
+            records = await self.store.messages([MessageState.RECEIVED], limit=received)
+            ours = {record.id for record in records}
+            # Read back in turn, within the memory budget, not all at once.
+            self._waiting.extend(i for i in unfinished if i in ours)
+            self._read_back_next()
         return len(unfinished)
 
     async def watch_pressure(self) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import socket
 import time
 from typing import Any
 
@@ -20,6 +21,7 @@ import aiosmtplib
 import structlog
 
 from smtpguard.relay import RelayService
+from smtpguard.spool import MessageState
 from tests.conftest import RelayRunner
 from tests.parse.hostile_readers import read_slowly
 from tests.processes import RECIPIENT, SENDER, make_message
@@ -204,3 +206,34 @@ async def test_a_message_whose_reading_keeps_failing_does_not_slow_other_senders
     assert sum(1 for e in logs if e["event"] == "scan.failed") >= 2
     assert not any(e["event"] == "flow.delaying" for e in logs)
     assert "smtpguard_flow_delays_total 0.0" in await _metrics(service)
+
+
+async def test_after_a_restart_mail_left_queued_is_not_counted_as_unread(
+    relays: RelayRunner, sink: CaptureSink
+) -> None:
+    """An upstream outage leaves hundreds of messages deferred; the relay is restarted.
+    They are the delivery queue's, not unread mail: a new sender is not slowed while the
+    relay takes them up (it was, until the read-back had walked past every one)."""
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    outage = await relays.start({"parse": {"workers": 1}}, upstream_port=closed.getsockname()[1])
+    assert outage.address is not None
+    async with aiosmtplib.SMTP(hostname="127.0.0.1", port=outage.address[1]) as client:
+        for number in range(200):
+            await client.sendmail(SENDER, [RECIPIENT], make_message(f"during the outage {number}"))
+    for _ in range(300):
+        counts = await outage.store.counts()
+        if counts.by_state.get(MessageState.DEFERRED, 0) == 200:
+            break
+        await asyncio.sleep(0.1)
+    assert counts.by_state.get(MessageState.DEFERRED, 0) == 200, counts
+    outage.request_stop()
+    await outage.shutdown()
+    relays.services.remove(outage)
+    closed.close()
+
+    service = await _start(relays, 0.0, max_unscanned=50, flow_delay="10s")
+    took = await _send_timed(service, 1)
+    assert took[0] < 0.3, took
+    assert "smtpguard_flow_delays_total 0.0" in await _metrics(service)
+    await sink.handler.wait_for(201, timeout=60)
