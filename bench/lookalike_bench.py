@@ -1,6 +1,6 @@
 """How long lookalike_of takes: index build, first and cached calls, 30 and 3,000 known domains.
 
-    python bench/lookalike_bench.py          # from the project root, in the venv
+python bench/lookalike_bench.py          # from the project root, in the venv
 """
 
 from __future__ import annotations
@@ -31,9 +31,18 @@ big = frozenset(
     set(example) | {f"{word(rng.randint(4, 16))}.{rng.choice(SUFFIXES)}" for _ in range(3000)}
 )
 queries = [
-    "cafcas.gov.uk", "gmial.com", "education.gov.uk", "example.org", "mail.cafcass-gov.uk",
-    "oakfield.northshire.sch.uk", "hotmai1.com", "bbc.co.uk", "northshlre.gov.uk",
-    "nhs.net.uk", "millsandco-solicitors.co.uk", "team.northshire.gov.uk",
+    "cafcas.gov.uk",
+    "gmial.com",
+    "education.gov.uk",
+    "example.org",
+    "mail.cafcass-gov.uk",
+    "oakfield.northshire.sch.uk",
+    "hotmai1.com",
+    "bbc.co.uk",
+    "northshlre.gov.uk",
+    "nhs.net.uk",
+    "millsandco-solicitors.co.uk",
+    "team.northshire.gov.uk",
 ] + [f"{word(rng.randint(4, 16))}.{rng.choice(SUFFIXES)}" for _ in range(188)]
 
 lookalike._psl()  # the Public Suffix List loads once per process, not per index
@@ -56,9 +65,11 @@ for _name, known in (("30", example), ("3000", big)):
         for q in queries:
             lookalike.lookalike_of(q, known)
     cached = (time.perf_counter() - start) / (200 * len(queries))
-    print(f"{len(known):5d} known: index {build * 1e3:7.1f} ms, "
-          f"uncached {uncached * 1e6:6.1f} us/call, cached {cached * 1e6:5.2f} us/call, "
-          f"{len(lookalike._index(known).variants)} index keys")
+    print(
+        f"{len(known):5d} known: index {build * 1e3:7.1f} ms, "
+        f"uncached {uncached * 1e6:6.1f} us/call, cached {cached * 1e6:5.2f} us/call, "
+        f"{len(lookalike._index(known).variants)} index keys"
+    )
 
 
 lookalike._index.cache_clear()

@@ -952,9 +952,7 @@ rules:
 """
 
 
-async def _instructed(
-    relays: RelayRunner, gateway: CaptureSink, tls: CaptureSink | None
-) -> object:
+async def _instructed(relays: RelayRunner, gateway: CaptureSink, tls: CaptureSink | None) -> object:
     (relays.tmp_path / "policy.yaml").write_text(INSTRUCTING_POLICY, encoding="utf-8")
     routes: dict[str, object] = {"gateway": {"host": "127.0.0.1", "port": gateway.port}}
     policy: dict[str, object] = {"file": "policy.yaml", "routes": routes}

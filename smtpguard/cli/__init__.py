@@ -65,9 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     scan = commands.add_parser("scan", help="dry run: show the verdict for a message file")
     _add_config(scan)
     scan.add_argument("file", type=Path, metavar="FILE.eml")
-    scan.add_argument(
-        "--from", dest="sender", default=None, help="envelope sender (default: From)"
-    )
+    scan.add_argument("--from", dest="sender", default=None, help="envelope sender (default: From)")
     scan.add_argument(
         "--to",
         dest="recipients",

@@ -306,7 +306,8 @@ def _print_show(shown: dict[str, Any]) -> None:
             console.print(f"    [{', '.join(verdict['classes'] + verdict['facts'])}]", markup=False)
         for rule in verdict.get("rules", []):
             console.print(
-                f"    {rule['explanation']}", markup=False  # it starts with the rule's name
+                f"    {rule['explanation']}",
+                markup=False,  # it starts with the rule's name
             )
         for approval in copy["approvals"]:
             console.print(

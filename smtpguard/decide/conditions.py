@@ -358,8 +358,7 @@ class SenderTeam(Condition):
 def _too_slow(what: str, pattern: regex.Pattern[str]) -> Outcome:
     return True, (
         RegexTimedOut(
-            f"{what} pattern /{pattern.pattern}/ took too long on this message "
-            "(counted as a match)"
+            f"{what} pattern /{pattern.pattern}/ took too long on this message (counted as a match)"
         ),
     )
 

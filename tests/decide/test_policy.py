@@ -1218,4 +1218,3 @@ def test_when_a_fired_quarantine_rule_wants_an_approver_then_the_verdict_says_so
     plain = load(tmp_path, rule("{finding: {detector: nhs_number}}"))
     one = evaluate(plain, message(findings=(finding("nhs_number"),)), [recipient("a@x.org")])
     assert one.recipients["a@x.org"].approver is False
-

@@ -235,9 +235,7 @@ def test_a_councils_sensitivity_labels_map_to_markings() -> None:
             }
         }
     )
-    [finding] = [
-        f for f in findings_with(document, settings) if f.detector == "protective_marking"
-    ]
+    [finding] = [f for f in findings_with(document, settings) if f.detector == "protective_marking"]
     assert (finding.location, finding.count) == ("header:msip_labels", 2)
     detector = configured_detectors(settings).detectors
     [marking] = [d for d in detector if d.name == "protective_marking"]

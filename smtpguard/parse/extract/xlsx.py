@@ -359,8 +359,11 @@ class _SheetReader:
                 append(text)
                 if invisible:
                     style = cell.get("s")
-                    if style is not None and style.isascii() and style.isdigit() and (
-                        int(style) in invisible
+                    if (
+                        style is not None
+                        and style.isascii()
+                        and style.isdigit()
+                        and (int(style) in invisible)
                     ):
                         self.flags.add(Flag.HIDDEN_TEXT)
         if not values:
