@@ -73,15 +73,17 @@ class HandedOver:
 
 
 def encode_frame(message_id: str, header: SpoolHeader, content: bytes, whole: bool) -> bytes:
-    body = b"".join(
+    head = b"".join(
         (
             _WITH_CONTENT if whole else _IN_SPOOL,
             f"{message_id} {len(content)}\n".encode(),
             header.encode(),
-            content if whole else b"",
         )
     )
-    return _LENGTH.pack(len(body)) + body
+    if not whole:
+        return _LENGTH.pack(len(head)) + head
+    # One copy of the content, not two: it may be megabytes.
+    return b"".join((_LENGTH.pack(len(head) + len(content)), head, content))
 
 
 def encode_tally(tally: Tally) -> bytes:
@@ -110,14 +112,17 @@ def _decode_tally(data: bytes) -> Tally:
 
 
 def decode_frame(body: bytes) -> HandedOver | Tally:
-    kind, rest = body[:1], body[1:]
+    kind = body[:1]
     if kind == _TALLY:
-        return _decode_tally(rest)
+        return _decode_tally(body[1:])
     try:
-        first, header_line, content = rest.split(b"\n", 2)
-        message_id, size_text = first.decode("ascii").split(" ")
-        header = SpoolHeader.decode(header_line)
+        # Sliced where the lines end: the content is copied once.
+        first_end = body.index(b"\n", 1)
+        header_end = body.index(b"\n", first_end + 1)
+        message_id, size_text = body[1:first_end].decode("ascii").split(" ")
+        header = SpoolHeader.decode(body[first_end + 1 : header_end])
         size = int(size_text)
+        content = body[header_end + 1 :]
     except (ValueError, KeyError, UnicodeDecodeError) as exc:
         raise HandoffError("malformed frame") from exc
     # The id names a file in the spool folder: nothing but the relay's own ids.

@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 
@@ -53,6 +53,9 @@ _RESTARTS_ALLOWED = 5  # within _RESTART_WINDOW; more means it cannot run: exit,
 _RESTART_WINDOW = 60.0
 
 
+Work = Literal["all", "reading", "accepting"]
+
+
 @dataclass(frozen=True)
 class ProcessRole:
     """Which share of the relay's work this process does."""
@@ -64,7 +67,7 @@ class ProcessRole:
     parent: int | None = None
     # "all": accepts, reads and delivers; with server.reading_process, process 0 is
     # "reading" (no listener) and the others "accepting" (store and answer only).
-    work: str = "all"
+    work: Work = "all"
     handoff_fds: tuple[int, ...] = ()  # to each accepting process, or to the reading one
 
     @property
@@ -84,10 +87,6 @@ class ProcessRole:
     @property
     def reads(self) -> bool:
         return self.work != "accepting"
-
-    @property
-    def accepts(self) -> bool:
-        return self.work != "reading"
 
     def listening_socket(self) -> socket.socket | None:
         return None if self.listen_fd is None else socket.socket(fileno=self.listen_fd)
@@ -170,7 +169,7 @@ class Supervisor:
                 command += [flag, str(value)]
         return command
 
-    def _work_of(self, index: int) -> tuple[str, tuple[int, ...]]:
+    def _work_of(self, index: int) -> tuple[Work, tuple[int, ...]]:
         if not self.reading_process:
             return "all", ()
         if index == 0:
