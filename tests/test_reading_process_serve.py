@@ -30,6 +30,7 @@ from tests.test_relay_processes import (
     of_process,
     processes_of,
     send_concurrently,
+    send_then_deliver_all,
     send_then_kill,
 )
 
@@ -111,14 +112,7 @@ async def test_when_the_reading_process_is_killed_then_both_restart_and_mail_is_
     now = child_pids(relay.pid)
     assert len(now) == 2 and not set(now) & set(children), (children, now)
     assert [p for p in children if is_running(p)] == []
-
-    after = [make_message(f"after the restart {n}") for n in range(20)]
-    replies = await asyncio.to_thread(send_concurrently, relay.port, after, 4)
-    assert [r for r in replies if r.code != 250] == []
-    await upstream.open()
-
-    await delivered_exactly_once(upstream, {message_id(c) for c in before + after})
-    assert relay.returncode is None
+    await send_then_deliver_all(relay, upstream, before)
 
 
 async def test_a_reading_process_before_queue_or_on_postgresql_is_refused(tmp_path: Path) -> None:
