@@ -14,13 +14,18 @@ import itertools
 from collections.abc import Sequence
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from smtpguard.listen.data import (
     MAX_LINE,
     DataProblem,
     ReceivedData,
+    _count_lines,
     check_line_endings,
+    has_long_line,
     read_data,
+    scan_lines,
     unstuff,
 )
 
@@ -381,3 +386,31 @@ def test_when_check_line_endings_then_every_cr_and_lf_must_pair(
 )
 def test_when_unstuff_then_one_leading_dot_removed_per_line(text: bytes, expected: bytes) -> None:
     assert unstuff(text) == expected
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.integers(0, 3 * MAX_LINE),
+            st.sampled_from([MAX_LINE - 1, MAX_LINE, MAX_LINE + 1, MAX_LINE + 2]),
+        ),
+        max_size=12,
+    ),
+    st.booleans(),
+)
+def test_the_long_line_check_agrees_with_splitting_the_lines(
+    lengths: list[int], ends_with_crlf: bool
+) -> None:
+    content = b"\r\n".join(b"x" * n for n in lengths) + (b"\r\n" if ends_with_crlf else b"")
+    longest = max(map(len, content.split(b"\r\n")), default=0)
+    assert has_long_line(content) is (longest > MAX_LINE)
+
+
+@given(st.binary(max_size=40).map(lambda b: bytes(b"a\r\n."[x % 4] for x in b)))
+def test_one_hyperscan_pass_answers_as_counting_does(raw: bytes) -> None:
+    """Bare line endings and dots to unstuff, over every mix of CR, LF, dot and text."""
+    assert scan_lines(raw) == _count_lines(raw)
+    assert _count_lines(raw).bare_line_ending is (
+        raw.replace(b"\r\n", b"").count(b"\r") + raw.replace(b"\r\n", b"").count(b"\n") > 0
+    )
+    assert _count_lines(raw).stuffed is (unstuff(raw) != raw)
