@@ -173,4 +173,3 @@ def test_the_load_generator_and_the_sink_together(sink: counting_sink.SinkHandle
     assert sink.counters.messages == 200
     assert sum(result.measured.accepted_by.values()) == 200
     assert isinstance(result.measured.latency_ms["p99"], float)
-

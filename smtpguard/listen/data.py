@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import threading
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -94,8 +95,8 @@ def _line_database() -> Any:
     return database
 
 
-# Scanned from the event loop's thread only: the database's scratch space is not shared.
 _LINES = _line_database()
+_PER_THREAD = threading.local()  # Hyperscan's scratch space: one per thread that scans
 
 
 def scan_lines(raw: bytes) -> LineScan:
@@ -107,7 +108,10 @@ def scan_lines(raw: bytes) -> LineScan:
     def on_match(expression: int, start: int, end: int, flags: int, context: Any) -> None:
         found.add(expression)
 
-    _LINES.scan(raw, match_event_handler=on_match)
+    scratch = getattr(_PER_THREAD, "scratch", None)
+    if scratch is None:
+        scratch = _PER_THREAD.scratch = hyperscan.Scratch(_LINES)
+    _LINES.scan(raw, match_event_handler=on_match, scratch=scratch)
     return LineScan(_BARE in found, _STUFFED in found)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from hypothesis import given
@@ -414,3 +415,14 @@ def test_one_hyperscan_pass_answers_as_counting_does(raw: bytes) -> None:
         raw.replace(b"\r\n", b"").count(b"\r") + raw.replace(b"\r\n", b"").count(b"\n") > 0
     )
     assert _count_lines(raw).stuffed is (unstuff(raw) != raw)
+
+
+def test_lines_are_scanned_the_same_from_many_threads_at_once() -> None:
+    """Each thread has its own Hyperscan scratch space: the answers never mix."""
+    bare = b"x" * 100_000 + b"\n" + b"y\r\n" * 30_000
+    stuffed = b"y\r\n" * 30_000 + b".dot\r\n"
+    clean = b"y\r\n" * 40_000
+    texts = [bare, stuffed, clean] * 40
+    expected = [_count_lines(text) for text in texts]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        assert list(pool.map(scan_lines, texts)) == expected
