@@ -168,10 +168,16 @@ class Client:
         if self.connected:
             return
         self.close()
-        async with asyncio.timeout(self.cfg.timeout):
-            self.reader, self.writer = await asyncio.open_connection(self.cfg.host, self.cfg.port)
-            await self._expect("greeting", 220)
-            await self._command("EHLO", f"EHLO {CLIENT_HOSTNAME}\r\n".encode(), 250)
+        try:
+            async with asyncio.timeout(self.cfg.timeout):
+                self.reader, self.writer = await asyncio.open_connection(
+                    self.cfg.host, self.cfg.port
+                )
+                await self._expect("greeting", 220)
+                await self._command("EHLO", f"EHLO {CLIENT_HOSTNAME}\r\n".encode(), 250)
+        except BaseException:
+            self.close()  # a session refused at its greeting or EHLO is not connected
+            raise
         self.backoff = 0.05
 
     async def _reply(self) -> int:
@@ -294,6 +300,7 @@ async def client_loop(
 
 async def run_phase(clients: list[Client], phase: Phase, mx: MessageMix, tag: str) -> PhaseResult:
     wires = {t.name: WireTemplate(t) for t in mx.templates}
+    assert len(wires) == len(mx.templates), "template names must be unique"
     cpu0 = time.process_time()
     phase.start()
     started = time.monotonic()

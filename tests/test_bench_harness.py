@@ -173,3 +173,22 @@ def test_the_load_generator_and_the_sink_together(sink: counting_sink.SinkHandle
     assert sink.counters.messages == 200
     assert sum(result.measured.accepted_by.values()) == 200
     assert isinstance(result.measured.latency_ms["p99"], float)
+
+
+async def test_a_session_refused_at_its_greeting_is_not_counted_as_connected() -> None:
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"554 5.7.1 no service here\r\n")
+        await writer.drain()
+        await reader.read()  # until the client hangs up
+        writer.close()
+
+    server = await asyncio.start_server(refuse, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    cfg = loadgen.LoadConfig("127.0.0.1", port, concurrency=2, messages=2, warmup=0.0)
+    try:
+        result = await asyncio.wait_for(loadgen.run_load(cfg), 30)
+    finally:
+        server.close()
+    assert result.connected == 0
+    assert result.connect_errors == {"greeting:554": 2}
+    assert result.measured.accepted == 0
