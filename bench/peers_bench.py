@@ -64,6 +64,7 @@ RELAYS: tuple[str, ...] = ("ceiling", "floor", "postfix", "amavis", "smtpguard")
 HOST = rb.HOST
 SECTION = "peers_bench"
 SIZES_SECTION = "peers_bench_sizes"
+DRAIN_TIMEOUT = 60.0  # seconds for the sink to get every accepted message
 MEMORY_EVERY = 0.25  # seconds between memory samples (Postfix at c=100 has 200+ processes)
 PSS_EVERY = 1.0  # seconds between PSS samples (smaps_rollup costs more than status)
 # smtpguard tells the sender of every held message at once (one notice through the
@@ -783,6 +784,8 @@ def reproduce_command(args: argparse.Namespace) -> str:
         argv += ["--messages", str(args.messages)]
     else:
         argv += ["--duration", f"{args.duration:g}"]
+    if args.drain_timeout != DRAIN_TIMEOUT:
+        argv += ["--drain-timeout", f"{args.drain_timeout:g}"]
     if args.amavis_servers:
         argv += ["--amavis-servers", str(args.amavis_servers)]
     if args.smtpguard_cmd:
@@ -1026,7 +1029,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="amavisd $max_servers (default: the larger of 2 x CPUs and the cell's concurrency)",
     )
     p.add_argument("--start-timeout", type=float, default=30.0, help="seconds to wait for 220")
-    p.add_argument("--drain-timeout", type=float, default=60.0)
+    p.add_argument("--drain-timeout", type=float, default=DRAIN_TIMEOUT)
     p.add_argument("--stall-timeout", type=float, default=10.0)
     p.add_argument("--smtpguard-cmd", default=None)
     p.add_argument("--workdir", type=Path, default=None)
